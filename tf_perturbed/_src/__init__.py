@@ -1,0 +1,1 @@
+"""Private implementation of tf_perturbed; import from `tf_perturbed` instead."""

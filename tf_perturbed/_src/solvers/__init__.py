@@ -1,0 +1,1 @@
+"""Batched solvers written in TensorFlow ops, and their registry."""

@@ -1,0 +1,27 @@
+"""Batched combinatorial solvers in TensorFlow ops, and the solver registry.
+
+Every solver maps scores (or costs) with any leading batch axes to a vertex of
+its polytope, breaks ties towards the lowest index and compiles with XLA,
+except `numpy_solver`, which wraps a host function.
+"""
+
+from tf_perturbed._src.solvers.core import argmax, ranks, sort_permutation, top_k
+from tf_perturbed._src.solvers.registry import (
+    Solver,
+    SolverSpec,
+    get_solver,
+    register_solver,
+    registered_solvers,
+)
+
+__all__ = [
+    "Solver",
+    "SolverSpec",
+    "argmax",
+    "get_solver",
+    "ranks",
+    "register_solver",
+    "registered_solvers",
+    "sort_permutation",
+    "top_k",
+]
