@@ -1,11 +1,34 @@
-"""tf_perturbed: trainable discrete decisions for Keras 3 and TensorFlow."""
+"""tf_perturbed: trainable discrete decisions for Keras 3 and TensorFlow.
 
-from tf_perturbed import solvers
-from tf_perturbed._src.solvers import builtin as _builtin  # noqa: F401  (registers solvers)
+Perturbed optimizers, Fenchel-Young losses and direct loss minimization turn
+argmax, top-k, ranking, shortest paths and matchings into Keras layers and
+losses that train with `model.fit`, compile with XLA and export to SavedModel.
+"""
+
+from tf_perturbed import noise, solvers
+from tf_perturbed._src.fenchel_young import fenchel_young_loss
+from tf_perturbed._src.layers.perturbed import (
+    PerturbedArgmax,
+    PerturbedOptimizer,
+    PerturbedRanks,
+    PerturbedTopK,
+)
+from tf_perturbed._src.losses import FenchelYoungLoss
+from tf_perturbed._src.perturbed import perturbed, perturbed_max
+from tf_perturbed._src.solvers import builtin as _builtin  # noqa: F401  (registers the solvers)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FenchelYoungLoss",
+    "PerturbedArgmax",
+    "PerturbedOptimizer",
+    "PerturbedRanks",
+    "PerturbedTopK",
     "__version__",
+    "fenchel_young_loss",
+    "noise",
+    "perturbed",
+    "perturbed_max",
     "solvers",
 ]

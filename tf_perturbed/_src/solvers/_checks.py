@@ -28,15 +28,19 @@ def scores(theta, name: str, min_rank: int):
     """
     theta = tf.convert_to_tensor(theta)
     if not (theta.dtype.is_floating or theta.dtype.is_integer):
-        raise TypeError(f"Expected `{name}` of a float or integer dtype, received: {name}.dtype={theta.dtype.name}")
+        raise TypeError(
+            f"Expected `{name}` of a float or integer dtype, received: {name}.dtype={theta.dtype.name}"
+        )
     rank = theta.shape.rank
     if rank is not None and rank < min_rank:
         raise ValueError(
-                f"Expected `{name}` of rank ≥ {min_rank} (batch axes then the problem's axes), "
-                f"received: {name}.shape={theta.shape}"
+            f"Expected `{name}` of rank ≥ {min_rank} (batch axes then the problem's axes), "
+            f"received: {name}.shape={theta.shape}"
         )
-    if rank is not None and any(size == 0 for size in theta.shape[rank - min_rank:]):
-        raise ValueError(f"Expected `{name}` with non-empty problem axes, received: {name}.shape={theta.shape}")
+    if rank is not None and any(size == 0 for size in theta.shape[rank - min_rank :]):
+        raise ValueError(
+            f"Expected `{name}` with non-empty problem axes, received: {name}.shape={theta.shape}"
+        )
     dtype = float_dtype(theta.dtype)
     if theta.dtype in (tf.float16, tf.bfloat16) or theta.dtype.is_integer:
         theta = tf.cast(theta, tf.float32)

@@ -59,9 +59,7 @@ def top_k(theta: tf.Tensor, k: int) -> tf.Tensor:
     d = theta.shape[-1]
     k = _checks.positive_int(k, "k")
     if d is not None and k > d:
-        raise ValueError(
-                f"Expected `k` ≤ d = {d} (the size of theta's last axis), received: k={k}"
-        )
+        raise ValueError(f"Expected `k` ≤ d = {d} (the size of theta's last axis), received: k={k}")
     _, indices = tf.math.top_k(theta, k=k, sorted=False)  # [..., k]
     hot = tf.one_hot(indices, tf.shape(theta)[-1], dtype=dtype)  # [..., k, d]
     return tf.reduce_sum(hot, axis=-2)  # [..., d]
@@ -104,9 +102,7 @@ def integer_ranks(theta: tf.Tensor, method: str = "auto") -> tf.Tensor:
         return _ranks_by_counting(theta)
     if method == "sort":
         return _ranks_by_sorting(theta)
-    raise ValueError(
-            f"Expected `method` in ('auto', 'sort', 'count'), received: method={method!r}"
-    )
+    raise ValueError(f"Expected `method` in ('auto', 'sort', 'count'), received: method={method!r}")
 
 
 def ranks(theta: tf.Tensor) -> tf.Tensor:

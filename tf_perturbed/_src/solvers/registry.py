@@ -115,11 +115,11 @@ def register_solver(
     if not callable(fn):
         raise TypeError(f"Expected `fn` to be callable, received: fn={fn!r}")
     if name in _REGISTRY and not overwrite:
-        raise ValueError(
-            f"A solver named {name!r} is already registered; pass overwrite=True to replace it."
-        )
+        raise ValueError(f"A solver named {name!r} is already registered; pass overwrite=True to replace it.")
     if isinstance(event_ndims, bool) or not isinstance(event_ndims, int) or event_ndims < 1:
-        raise ValueError(f"Expected `event_ndims` to be an integer ≥ 1, received: event_ndims={event_ndims!r}")
+        raise ValueError(
+            f"Expected `event_ndims` to be an integer ≥ 1, received: event_ndims={event_ndims!r}"
+        )
     spec = SolverSpec(
         name=name,
         fn=fn,
@@ -189,6 +189,5 @@ def get_solver(
         spec = SolverSpec(name=name, fn=solver)
         return Solver(spec=spec, kwargs=params, registered=False)
     raise TypeError(
-        "Expected `solver` to be a registered name, a `Solver` or a callable, "
-        f"received: solver={solver!r}"
+        f"Expected `solver` to be a registered name, a `Solver` or a callable, received: solver={solver!r}"
     )
