@@ -13,8 +13,7 @@ import tensorflow as tf
 
 from tf_perturbed._src import noise as noise_lib
 from tf_perturbed._src import seeds as seeds_lib
-from tf_perturbed._src.solvers import _checks
-from tf_perturbed._src.solvers import registry
+from tf_perturbed._src.solvers import _checks, registry
 
 PERTURBATIONS = ("additive", "multiplicative")
 
