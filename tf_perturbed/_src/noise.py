@@ -7,8 +7,27 @@ for Z with density ∝ exp(−ν(z)),  ∇θ E[f(θ + εZ)] = E[f(θ + εZ) ∇�
 
 from typing import Sequence, Union
 
-import numpy as np
 import tensorflow as tf
+
+
+def uniform_open(shape, seed: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """Uniform samples in the open interval (0, 1), the same in eager, graph and XLA.
+
+    `tf.random.stateless_uniform` for floats differs between XLA and the TF
+    kernels, while its raw uint32 philox bits agree; the floats are built here
+    from the bits: 24 bits for float32 and narrower types, 53 bits for float64,
+    centred in their bins so that neither 0 nor 1 is drawn.
+    """
+    if dtype == tf.float64:
+        words = tf.random.stateless_uniform(
+            tf.concat([[2], shape], 0), seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
+        )
+        high = tf.cast(tf.bitwise.right_shift(words[0], tf.constant(6, tf.uint32)), tf.float64)  # 26 bits
+        low = tf.cast(tf.bitwise.right_shift(words[1], tf.constant(5, tf.uint32)), tf.float64)  # 27 bits
+        return (high * 2.0**27 + low + 0.5) * 2.0**-53
+    bits = tf.random.stateless_uniform(shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox")
+    u = (tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) + 0.5) * 2.0**-24
+    return tf.cast(u, dtype)
 
 
 class Noise:
@@ -44,7 +63,10 @@ class Normal(Noise):
     symmetric = True
 
     def sample(self, shape, seed, dtype=tf.float32):
-        return tf.random.stateless_normal(shape, seed=seed, dtype=dtype, alg="philox")
+        # Inverse CDF of philox bits: faster than stateless_normal on CPU, and the
+        # same draws with and without XLA (up to the rounding of ndtri).
+        compute = tf.float64 if dtype == tf.float64 else tf.float32
+        return tf.cast(tf.math.ndtri(uniform_open(shape, seed, compute)), dtype)
 
     def grad_log_density(self, z):
         return z
@@ -63,10 +85,9 @@ class Gumbel(Noise):
     symmetric = False
 
     def sample(self, shape, seed, dtype=tf.float32):
-        # Uniform on (tiny, 1): both logs stay finite.
-        tiny = np.finfo(dtype.as_numpy_dtype).tiny
-        u = tf.random.stateless_uniform(shape, seed=seed, minval=tiny, maxval=1.0, dtype=dtype, alg="philox")
-        return -tf.math.log(-tf.math.log(u))
+        compute = tf.float64 if dtype == tf.float64 else tf.float32
+        u = uniform_open(shape, seed, compute)  # in (0, 1): both logs stay finite
+        return tf.cast(-tf.math.log(-tf.math.log(u)), dtype)
 
     def grad_log_density(self, z):
         return 1.0 - tf.exp(-z)

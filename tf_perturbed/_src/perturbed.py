@@ -16,6 +16,7 @@ from tf_perturbed._src import seeds as seeds_lib
 from tf_perturbed._src.solvers import _checks, registry
 
 PERTURBATIONS = ("additive", "multiplicative")
+CONTROL_VARIATES = ("hard", "leave_one_out")
 
 
 def check_sigma(sigma, name: str = "sigma") -> float:
@@ -25,6 +26,29 @@ def check_sigma(sigma, name: str = "sigma") -> float:
     if not (sigma > 0 and sigma < float("inf")):
         raise ValueError(f"Expected `{name}` > 0 and finite, received: {name}={sigma!r}")
     return float(sigma)
+
+
+def check_control_variate(control_variate, num_samples: int):
+    """Resolves `control_variate` to None, "hard" or "leave_one_out".
+
+    True picks the leave-one-out mean when M ≥ 2 (it needs no extra solve and does
+    not depend on σ) and y*(θ) when M = 1.
+    """
+    if control_variate is True:
+        return "leave_one_out" if num_samples >= 2 else "hard"
+    if control_variate is False or control_variate is None:
+        return None
+    if control_variate not in CONTROL_VARIATES:
+        raise ValueError(
+            f"Expected `control_variate` to be a bool or one of {CONTROL_VARIATES}, "
+            f"received: control_variate={control_variate!r}"
+        )
+    if control_variate == "leave_one_out" and num_samples < 2:
+        raise ValueError(
+            "The leave-one-out control variate needs num_samples ≥ 2, received: "
+            f"num_samples={num_samples}"
+        )
+    return control_variate
 
 
 def check_perturbation(perturbation) -> str:
@@ -44,7 +68,7 @@ class PerturbationConfig:
     sigma: float
     noise: noise_lib.Noise
     perturbation: str
-    control_variate: bool
+    control_variate: Optional[str]
     chunk_size: Optional[int] = None
 
     @classmethod
@@ -59,13 +83,14 @@ class PerturbationConfig:
         solver_kwargs=None,
         chunk_size=None,
     ) -> "PerturbationConfig":
+        num_samples = _checks.positive_int(num_samples, "num_samples")
         return cls(
             solver=registry.get_solver(solver, solver_kwargs),
-            num_samples=_checks.positive_int(num_samples, "num_samples"),
+            num_samples=num_samples,
             sigma=check_sigma(sigma),
             noise=noise_lib.get_noise(noise),
             perturbation=check_perturbation(perturbation),
-            control_variate=bool(control_variate),
+            control_variate=check_control_variate(control_variate, num_samples),
             chunk_size=None if chunk_size is None else _checks.positive_int(chunk_size, "chunk_size"),
         )
 
@@ -156,11 +181,19 @@ def _sample_noise(theta: tf.Tensor, seed: tf.Tensor, config: PerturbationConfig)
 
 
 def _mean_solution_vjp(theta, z, y_pert, y_hard, g, config: PerturbationConfig):
-    """gθ = E[⟨y*(θ') − y*(θ), g⟩ ∇ν(Z)] / scale, the VJP of the perturbed mean."""
+    """gθ = E[⟨y*(θ') − b, g⟩ ∇ν(Z)] / scale, the VJP of the perturbed mean.
+
+    The baseline b is independent of each sample's noise, so E[b ∇ν(Z)] = 0:
+    b = y*(θ) ("hard"), the mean of the other M − 1 samples ("leave_one_out"), or 0.
+    """
     out_ndims = _out_ndims(config)
-    if y_hard is not None:
-        y_pert = y_pert - y_hard  # control variate: E[∇ν(Z)] = 0
     weight = _inner(y_pert, g, out_ndims)  # [M, *batch]
+    if config.control_variate == "hard":
+        weight = weight - _inner(y_hard, g, out_ndims)[None]
+    elif config.control_variate == "leave_one_out":
+        # ⟨y_m − (S − y_m)/(M − 1), g⟩ = M/(M − 1) · (w_m − mean(w))
+        num = config.num_samples
+        weight = (weight - tf.reduce_mean(weight, axis=0, keepdims=True)) * (num / (num - 1))
     weight = tf.reshape(
         weight, tf.concat([tf.shape(weight), tf.ones([config.solver.event_ndims], tf.int32)], 0)
     )
@@ -178,7 +211,7 @@ def perturbed_mean(theta: tf.Tensor, seed: tf.Tensor, config: PerturbationConfig
     def _op(theta):
         z = _sample_noise(theta, seed, config)  # [M, *batch, *event]
         theta_pert = _perturb(theta, z, config)
-        y_pert, y_hard = _solve(config, theta_pert, theta if config.control_variate else None)
+        y_pert, y_hard = _solve(config, theta_pert, theta if config.control_variate == "hard" else None)
         y_pert = tf.cast(y_pert, theta.dtype)
         y_mean = tf.reduce_mean(y_pert, axis=0)  # [*batch, *out]
 
@@ -272,7 +305,10 @@ def perturbed(
       sigma: ε > 0, the noise scale.
       noise: `"normal"`, `"gumbel"` or a `tf_perturbed.noise.Noise`.
       perturbation: `"additive"` or `"multiplicative"` (needs θ > 0).
-      control_variate: subtract y*(θ) in the Jacobian (unbiased, lower variance).
+      control_variate: subtract a baseline in the Jacobian (unbiased, lower
+        variance): True picks the mean of the other M − 1 samples (M ≥ 2) or
+        y*(θ) (M = 1); or name one, `"leave_one_out"` or `"hard"` (y*(θ), one
+        more solve, best when σ is small next to the gaps between scores).
       seed: int, None or `int32[2]`; the default seed of every call.
       solver_kwargs: hyper-parameters of the solver, e.g. `{"k": 3}`.
 
@@ -333,7 +369,7 @@ def perturbed_max(
     References:
       Berthet et al. (2020), Learning with Differentiable Perturbed Optimizers.
     """
-    config = PerturbationConfig.create(solver, num_samples, sigma, noise, perturbation, False, solver_kwargs)
+    config = PerturbationConfig.create(solver, num_samples, sigma, noise, perturbation, None, solver_kwargs)
     _check_linear(config, "perturbed_max")
     default_seed = seed if seed is None else seeds_lib.sanitize_seed(seed)
 

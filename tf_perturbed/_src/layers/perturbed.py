@@ -24,7 +24,8 @@ class PerturbedOptimizer(keras.layers.Layer):
       sigma: ε > 0, the noise scale. Default 1.0.
       noise: `"normal"` or `"gumbel"` (or another registered name).
       perturbation: `"additive"` or `"multiplicative"` (for positive inputs).
-      control_variate: subtract y*(θ) in the Jacobian (lower variance).
+      control_variate: a baseline in the Jacobian (lower variance, no bias):
+        True, False, `"leave_one_out"` or `"hard"` (see `tf_perturbed.perturbed`).
       inference: `"hard"` or `"perturbed"`, what the layer returns outside training.
       seed: int or None; each call draws new noise from a `keras.random.SeedGenerator`.
       solver_kwargs: the solver's hyper-parameters, e.g. `{"k": 3}`.
@@ -58,6 +59,7 @@ class PerturbedOptimizer(keras.layers.Layer):
         self._config = perturbed_lib.PerturbationConfig.create(
             solver, num_samples, sigma, noise, perturbation, control_variate, solver_kwargs
         )
+        self.control_variate = control_variate
         self.inference = common.check_inference(inference)
         self.seed = common.check_layer_seed(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
@@ -82,7 +84,7 @@ class PerturbedOptimizer(keras.layers.Layer):
             sigma=self._config.sigma,
             noise=common.noise_name(self._config.noise),
             perturbation=self._config.perturbation,
-            control_variate=self._config.control_variate,
+            control_variate=self.control_variate,
             inference=self.inference,
             seed=self.seed,
         )
