@@ -1,11 +1,11 @@
 """Every DESIGN §5 behaviour of the perturbed layers and the Fenchel-Young loss."""
 
 import keras
+import layer_harness as harness
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import layer_harness as harness
 import tf_perturbed as tp
 
 D = 6

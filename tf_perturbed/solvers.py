@@ -6,6 +6,7 @@ except `numpy_solver`, which wraps a host function.
 """
 
 from tf_perturbed._src.solvers.core import argmax, ranks, sort_permutation, top_k
+from tf_perturbed._src.solvers.numpy_adapter import numpy_solver
 from tf_perturbed._src.solvers.registry import (
     Solver,
     SolverSpec,
@@ -19,6 +20,7 @@ __all__ = [
     "SolverSpec",
     "argmax",
     "get_solver",
+    "numpy_solver",
     "ranks",
     "register_solver",
     "registered_solvers",

@@ -24,9 +24,10 @@ class SolverSpec:
     params: Sequence[str] = ()
     output_shape: Optional[Callable[[tuple], tuple]] = None
     linear_output: bool = True
+    check_params: Optional[Callable[[dict], dict]] = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Solver:
     """A solver bound to its hyper-parameters: `solver(theta)` returns y*(theta).
 
@@ -85,6 +86,7 @@ def register_solver(
     params: Sequence[str] = (),
     output_shape: Optional[Callable[[tuple], tuple]] = None,
     linear_output: bool = True,
+    check_params: Optional[Callable[[dict], dict]] = None,
     overwrite: bool = False,
 ) -> SolverSpec:
     """Registers `fn` under `name` so that layers, losses and configs can use it.
@@ -101,6 +103,8 @@ def register_solver(
       output_shape: maps theta's shape to y's; identity when omitted.
       linear_output: True if y has theta's shape, so ⟨y, θ⟩ (the Fenchel-Young
         loss, the perturbed maximum) is defined.
+      check_params: validates the hyper-parameters when a layer or loss is
+        built (returns them, possibly converted; raises naming the bad one).
       overwrite: allow replacing an existing registration.
 
     Returns:
@@ -129,6 +133,7 @@ def register_solver(
         params=tuple(params),
         output_shape=output_shape,
         linear_output=bool(linear_output),
+        check_params=check_params,
     )
     _REGISTRY[name] = spec
     return spec
@@ -183,6 +188,8 @@ def get_solver(
                 f"Solver {solver!r} needs the hyper-parameters {missing}; pass them as "
                 f"keyword arguments (e.g. {missing[0]}=...), received: {params}"
             )
+        if spec.check_params is not None:
+            params = dict(spec.check_params(params))
         return Solver(spec=spec, kwargs=params, registered=True)
     if callable(solver):
         name = getattr(solver, "__name__", type(solver).__name__)
