@@ -30,13 +30,18 @@ def serialize_round_trip(obj):
     return clone
 
 
-def modes_agree(fn, *inputs):
-    """fn gives the same result eagerly, in a tf.function and under XLA."""
+def modes_agree(fn, *inputs, rtol=1e-4, atol=1e-5):
+    """fn gives the same result eagerly, in a tf.function and under XLA.
+
+    XLA and the TF kernels draw the same philox bits but round `ndtri`, `log`
+    and `exp` differently (measured: up to 2e-5 on standard normals), so
+    gradients, which scale the noise, agree to about 1e-5 relative, not exactly.
+    """
     eager = fn(*inputs)
     graph = tf.function(fn)(*inputs)
     xla = tf.function(fn, jit_compile=True)(*inputs)
-    np.testing.assert_allclose(np.asarray(graph), np.asarray(eager), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(xla), np.asarray(eager), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(graph), np.asarray(eager), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(np.asarray(xla), np.asarray(eager), rtol=rtol, atol=atol)
     return np.asarray(eager)
 
 

@@ -6,13 +6,17 @@ losses that train with `model.fit`, compile with XLA and export to SavedModel.
 """
 
 from tf_perturbed import noise, solvers
+from tf_perturbed._src.direct_loss import direct_categorical_gradient, direct_loss_gradient
 from tf_perturbed._src.fenchel_young import fenchel_young_loss
+from tf_perturbed._src.layers.direct import DirectLossGradient
+from tf_perturbed._src.layers.noise_scale import LearnedNoiseScale
 from tf_perturbed._src.layers.perturbed import (
     PerturbedArgmax,
     PerturbedOptimizer,
     PerturbedRanks,
     PerturbedTopK,
 )
+from tf_perturbed._src.layers.structured import PerturbedMatching, PerturbedShortestPath
 from tf_perturbed._src.losses import FenchelYoungLoss
 from tf_perturbed._src.perturbed import perturbed, perturbed_max
 from tf_perturbed._src.solvers import builtin as _builtin  # noqa: F401  (registers the solvers)
@@ -20,12 +24,18 @@ from tf_perturbed._src.solvers import builtin as _builtin  # noqa: F401  (regist
 __version__ = "0.1.0"
 
 __all__ = [
+    "DirectLossGradient",
     "FenchelYoungLoss",
+    "LearnedNoiseScale",
     "PerturbedArgmax",
+    "PerturbedMatching",
     "PerturbedOptimizer",
     "PerturbedRanks",
+    "PerturbedShortestPath",
     "PerturbedTopK",
     "__version__",
+    "direct_categorical_gradient",
+    "direct_loss_gradient",
     "fenchel_young_loss",
     "noise",
     "perturbed",

@@ -5,6 +5,7 @@ its polytope, breaks ties towards the lowest index and compiles with XLA,
 except `numpy_solver`, which wraps a host function.
 """
 
+from tf_perturbed._src.solvers.assignment import assignment
 from tf_perturbed._src.solvers.core import argmax, ranks, sort_permutation, top_k
 from tf_perturbed._src.solvers.numpy_adapter import numpy_solver
 from tf_perturbed._src.solvers.registry import (
@@ -14,16 +15,19 @@ from tf_perturbed._src.solvers.registry import (
     register_solver,
     registered_solvers,
 )
+from tf_perturbed._src.solvers.shortest_path import shortest_path
 
 __all__ = [
     "Solver",
     "SolverSpec",
     "argmax",
+    "assignment",
     "get_solver",
     "numpy_solver",
     "ranks",
     "register_solver",
     "registered_solvers",
+    "shortest_path",
     "sort_permutation",
     "top_k",
 ]

@@ -64,7 +64,7 @@ def fenchel_young_loss(
     num_samples: int = 1,
     sigma: float = 1.0,
     noise: Union[str, noise_lib.Noise] = "normal",
-    perturbation: str = "additive",
+    perturbation: Optional[str] = None,
     seed=None,
     *,
     maximize: Optional[bool] = None,
@@ -86,7 +86,8 @@ def fenchel_young_loss(
       num_samples: M ≥ 1 noise draws.
       sigma: ε > 0.
       noise: `"normal"`, `"gumbel"` or a `Noise`.
-      perturbation: `"additive"` or `"multiplicative"`.
+      perturbation: `"additive"`, `"multiplicative"`, or None for the solver's
+        default (multiplicative for `"shortest_path"`, additive otherwise).
       seed: int, None or `int32[2]`.
       maximize: overrides the solver's registration (True: scores, False: costs).
       solver_kwargs: hyper-parameters of the solver, e.g. `{"k": 3}`.

@@ -25,7 +25,8 @@ class FenchelYoungLoss(keras.losses.Loss):
       num_samples: M ≥ 1 noise draws per call. Default 100.
       sigma: ε > 0.
       noise: `"normal"` or `"gumbel"`.
-      perturbation: `"additive"` or `"multiplicative"`.
+      perturbation: `"additive"`, `"multiplicative"`, or None for the solver's
+        default (multiplicative for `"shortest_path"`, additive otherwise).
       seed: int or None; each call draws new noise.
       maximize: None to follow the solver's registration, or True/False.
       solver_kwargs: the solver's hyper-parameters; keyword arguments not
@@ -47,7 +48,7 @@ class FenchelYoungLoss(keras.losses.Loss):
         num_samples: int = 100,
         sigma: float = 1.0,
         noise: str = "normal",
-        perturbation: str = "additive",
+        perturbation: Optional[str] = None,
         seed: Optional[int] = None,
         maximize: Optional[bool] = None,
         solver_kwargs: Optional[dict] = None,

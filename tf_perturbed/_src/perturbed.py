@@ -84,8 +84,11 @@ class PerturbationConfig:
         chunk_size=None,
     ) -> "PerturbationConfig":
         num_samples = _checks.positive_int(num_samples, "num_samples")
+        solver = registry.get_solver(solver, solver_kwargs)
+        if perturbation is None:
+            perturbation = solver.spec.perturbation
         return cls(
-            solver=registry.get_solver(solver, solver_kwargs),
+            solver=solver,
             num_samples=num_samples,
             sigma=check_sigma(sigma),
             noise=noise_lib.get_noise(noise),
@@ -285,7 +288,7 @@ def perturbed(
     num_samples: int = 1000,
     sigma: float = 1.0,
     noise: Union[str, noise_lib.Noise] = "normal",
-    perturbation: str = "additive",
+    perturbation: Optional[str] = None,
     control_variate: bool = True,
     seed=None,
     *,
@@ -304,7 +307,9 @@ def perturbed(
       num_samples: M ≥ 1, the number of noise draws.
       sigma: ε > 0, the noise scale.
       noise: `"normal"`, `"gumbel"` or a `tf_perturbed.noise.Noise`.
-      perturbation: `"additive"` or `"multiplicative"` (needs θ > 0).
+      perturbation: `"additive"` or `"multiplicative"` (needs θ > 0); None
+        takes the solver's default (multiplicative for shortest paths, whose
+        costs must stay ≥ 0; additive otherwise).
       control_variate: subtract a baseline in the Jacobian (unbiased, lower
         variance): True picks the mean of the other M − 1 samples (M ≥ 2) or
         y*(θ) (M = 1); or name one, `"leave_one_out"` or `"hard"` (y*(θ), one
@@ -344,7 +349,7 @@ def perturbed_max(
     num_samples: int = 1000,
     sigma: float = 1.0,
     noise: Union[str, noise_lib.Noise] = "normal",
-    perturbation: str = "additive",
+    perturbation: Optional[str] = None,
     seed=None,
     *,
     solver_kwargs: Optional[dict] = None,

@@ -23,7 +23,8 @@ class PerturbedOptimizer(keras.layers.Layer):
       num_samples: M ≥ 1, noise draws per call. Default 100.
       sigma: ε > 0, the noise scale. Default 1.0.
       noise: `"normal"` or `"gumbel"` (or another registered name).
-      perturbation: `"additive"` or `"multiplicative"` (for positive inputs).
+      perturbation: `"additive"` or `"multiplicative"` (for positive inputs);
+        None takes the solver's default.
       control_variate: a baseline in the Jacobian (lower variance, no bias):
         True, False, `"leave_one_out"` or `"hard"` (see `tf_perturbed.perturbed`).
       inference: `"hard"` or `"perturbed"`, what the layer returns outside training.
@@ -48,7 +49,7 @@ class PerturbedOptimizer(keras.layers.Layer):
         num_samples: int = 100,
         sigma: float = 1.0,
         noise: str = "normal",
-        perturbation: str = "additive",
+        perturbation: Optional[str] = None,
         control_variate: bool = True,
         inference: str = "hard",
         seed: Optional[int] = None,

@@ -25,6 +25,8 @@ class SolverSpec:
     output_shape: Optional[Callable[[tuple], tuple]] = None
     linear_output: bool = True
     check_params: Optional[Callable[[dict], dict]] = None
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    perturbation: str = "additive"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -87,6 +89,8 @@ def register_solver(
     output_shape: Optional[Callable[[tuple], tuple]] = None,
     linear_output: bool = True,
     check_params: Optional[Callable[[dict], dict]] = None,
+    defaults: Optional[Mapping[str, Any]] = None,
+    perturbation: str = "additive",
     overwrite: bool = False,
 ) -> SolverSpec:
     """Registers `fn` under `name` so that layers, losses and configs can use it.
@@ -99,12 +103,15 @@ def register_solver(
       maximize: True if `fn` maximises ⟨y, θ⟩ (scores); False if it minimises
         ⟨y, c⟩ (costs, as for shortest paths).
       jit_compatible: False for solvers that XLA cannot compile (host callbacks).
-      params: names of the keyword hyper-parameters `fn` takes (e.g. `("k",)`).
+      params: names of the keyword hyper-parameters `fn` requires (e.g. `("k",)`).
       output_shape: maps theta's shape to y's; identity when omitted.
       linear_output: True if y has theta's shape, so ⟨y, θ⟩ (the Fenchel-Young
         loss, the perturbed maximum) is defined.
       check_params: validates the hyper-parameters when a layer or loss is
         built (returns them, possibly converted; raises naming the bad one).
+      defaults: optional hyper-parameters and their default values.
+      perturbation: the perturbation layers and losses use when none is given
+        (`"multiplicative"` keeps positive costs positive).
       overwrite: allow replacing an existing registration.
 
     Returns:
@@ -134,6 +141,8 @@ def register_solver(
         output_shape=output_shape,
         linear_output=bool(linear_output),
         check_params=check_params,
+        defaults=dict(defaults or {}),
+        perturbation=perturbation,
     )
     _REGISTRY[name] = spec
     return spec
@@ -176,12 +185,14 @@ def get_solver(
                 "`tf_perturbed.solvers.register_solver`."
             )
         spec = _REGISTRY[solver]
-        unexpected = sorted(set(params) - set(spec.params))
+        accepted = list(spec.params) + list(spec.defaults)
+        unexpected = sorted(set(params) - set(accepted))
         if unexpected:
             raise ValueError(
-                f"Solver {solver!r} takes the hyper-parameters {list(spec.params)}, "
+                f"Solver {solver!r} takes the hyper-parameters {accepted}, "
                 f"received unexpected: {unexpected}"
             )
+        params = {**spec.defaults, **params}
         missing = sorted(set(spec.params) - set(params))
         if missing:
             raise ValueError(
