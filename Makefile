@@ -23,7 +23,7 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	touch $@
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check tf_perturbed tests tutorials benchmarks
+	$(BIN)/ruff check tf_perturbed tests $(wildcard tutorials benchmarks)
 
 test: lint
 	$(BIN)/python -m pytest tests

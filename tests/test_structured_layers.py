@@ -1,11 +1,11 @@
 """PerturbedShortestPath, PerturbedMatching and their Fenchel-Young losses (DESIGN §5)."""
 
 import keras
+import layer_harness as harness
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import layer_harness as harness
 import tf_perturbed as tp
 
 H, W, N = 5, 6, 4
