@@ -140,3 +140,14 @@ def test_loss_value_is_nonnegative_and_matches_the_op_for_the_same_seed():
     assert per_example.shape == (5,)
     op_value = tp.fenchel_young_loss(y, theta, "ranks", num_samples=20, sigma=0.5, seed=tf.constant([0, 0]))
     assert op_value.shape == (5,)
+
+
+def test_direct_loss_layers_export_and_serve_in_a_fresh_process(tmp_path):
+    # scores → learned noise scale → direct-loss argmax: hard and noise-free at inference.
+    inputs = keras.Input((D,))
+    scores = keras.layers.Dense(D)(inputs)
+    noisy = tp.LearnedNoiseScale(seed=0)([scores, inputs])
+    model = keras.Model(inputs, tp.DirectLossGradient("argmax", epsilon=-1.0)(noisy))
+    x, _ = _data(16)
+    hard = harness.export_and_serve_in_fresh_process(model, x, tmp_path)
+    np.testing.assert_array_equal(hard, tp.solvers.argmax(model.get_layer(index=1)(x)).numpy())

@@ -45,3 +45,22 @@ def scores(theta, name: str, min_rank: int):
     if theta.dtype in (tf.float16, tf.bfloat16) or theta.dtype.is_integer:
         theta = tf.cast(theta, tf.float32)
     return theta, dtype
+
+
+def nan_rows(theta: tf.Tensor, y: tf.Tensor, extra_ndims: int = 0) -> tf.Tensor:
+    """y with the solution of every problem whose scores hold a NaN set to NaN.
+
+    A NaN score has no place in an order, and argmax, top-k and sorts each treat
+    it differently (XLA and the TF kernels differ too), so the solvers mark such
+    problems as NaN instead of returning a vertex that silently depends on it.
+
+    Args:
+      theta: scores `[..., d]` (integer scores hold no NaN and are returned as is).
+      y: solutions `[..., d, (extra axes)]` of a float dtype.
+      extra_ndims: trailing axes of y beyond theta's last (1 for permutation matrices).
+    """
+    if not theta.dtype.is_floating:
+        return y
+    bad = tf.reduce_any(tf.math.is_nan(theta), axis=-1)  # [...]
+    bad = tf.reshape(bad, tf.concat([tf.shape(bad), tf.ones([1 + extra_ndims], tf.int32)], 0))  # [..., 1(, 1)]
+    return tf.where(bad, tf.constant(float("nan"), y.dtype), y)

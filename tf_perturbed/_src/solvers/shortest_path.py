@@ -14,7 +14,10 @@ inside `tf.function` and compiles with XLA:
    is a simple path and reaches the top-left vertex in at most H·W − 1 steps.
 
 Distances are compared only with values produced by the same float additions, so
-the backtracking needs no tolerance.
+the backtracking needs no tolerance. The solver is compiled with XLA even when called
+eagerly or from a `tf.function` without `jit_compile` (a nested
+`tf.function(jit_compile=True)`): its loops of small steps run about 15× slower in the
+TensorFlow executor.
 """
 
 from typing import Sequence, Tuple
@@ -43,7 +46,7 @@ def _neighbours(grid: tf.Tensor, moves: Moves, fill) -> list:
     """The grid seen from each move: `out[k][y, x] = grid[y + dy_k, x + dx_k]`, or `fill`."""
     h, w = tf.shape(grid)[0], tf.shape(grid)[1]
     padded = tf.pad(grid, [[1, 1], [1, 1], [0, 0]], constant_values=fill)  # [H+2, W+2, B]
-    return [padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in moves]
+    return [padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy, dx in moves]
 
 
 def _neighbour_min(grid: tf.Tensor, moves: Moves) -> tf.Tensor:
@@ -103,7 +106,7 @@ def _plateau_depths(dist: tf.Tensor, moves: Moves) -> tf.Tensor:
         del changed
         depth_around = _neighbours(depth, moves, unknown)
         best = tf.fill(tf.shape(depth), unknown)
-        for d_k, h_k in zip(dist_around, depth_around):
+        for d_k, h_k in zip(dist_around, depth_around, strict=True):
             best = tf.minimum(best, tf.where(tf.equal(d_k, dist), h_k, unknown))
         new = tf.where(exits, 0, tf.minimum(depth, best + 1))
         return new, tf.reduce_any(new < depth)
@@ -153,7 +156,16 @@ def _backtrack(dist: tf.Tensor, depth: tf.Tensor, moves: Moves, dtype: tf.DType)
         maximum_iterations=h * w - 1,
     )
     mask = tf.reshape(mask, [batch, h + 2, wp])  # [B, H+2, W+2]
-    return mask[:, 1:h + 1, 1:w + 1]  # [B, H, W]
+    return mask[:, 1 : h + 1, 1 : w + 1]  # [B, H, W]
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _solve(grids: tf.Tensor, moves: Moves) -> tf.Tensor:
+    """0/1 masks `[B, H, W]` of shortest paths on grids `[B, H, W]` of costs ≥ 0."""
+    grids = tf.transpose(grids, [1, 2, 0])  # [H, W, B]: the batch is the contiguous axis
+    dist = _distances(grids, moves)  # [H, W, B]
+    depth = _plateau_depths(dist, moves)  # [H, W, B]
+    return _backtrack(dist, depth, moves, grids.dtype)  # [B, H, W]
 
 
 def shortest_path(costs: tf.Tensor, neighbourhood: int = 8) -> tf.Tensor:
@@ -209,9 +221,7 @@ def shortest_path(costs: tf.Tensor, neighbourhood: int = 8) -> tf.Tensor:
     shape = tf.shape(costs)
     h, w = shape[-2], shape[-1]
     grids = tf.reshape(costs, [-1, h, w])  # [B, H, W]
-    valid = tf.reduce_all(
-        tf.logical_and(grids >= 0, tf.math.is_finite(grids)), axis=[1, 2]
-    )  # [B]
+    valid = tf.reduce_all(tf.logical_and(grids >= 0, tf.math.is_finite(grids)), axis=[1, 2])  # [B]
     tf.debugging.Assert(
         tf.reduce_all(valid),
         [
@@ -224,9 +234,8 @@ def shortest_path(costs: tf.Tensor, neighbourhood: int = 8) -> tf.Tensor:
     # Invalid grids (reachable only under XLA, which drops the assertion) are solved
     # with zero costs, so every loop stays bounded, and their masks become NaN.
     grids = tf.where(valid[:, None, None], grids, tf.zeros_like(grids))
-    grids = tf.transpose(grids, [1, 2, 0])  # [H, W, B]: the batch is the contiguous axis
-    dist = _distances(grids, moves)  # [H, W, B]
-    depth = _plateau_depths(dist, moves)  # [H, W, B]
-    mask = _backtrack(dist, depth, moves, grids.dtype)  # [B, H, W]
+    # No gradient flows through a solver; stop_gradient also keeps tapes from recording
+    # the compiled loop (whose TensorLists cannot cross the XLA boundary).
+    mask = _solve(tf.stop_gradient(grids), moves)  # [B, H, W]
     mask = tf.where(valid[:, None, None], mask, tf.constant(float("nan"), mask.dtype))
     return tf.cast(tf.reshape(mask, shape), dtype)  # [..., H, W]

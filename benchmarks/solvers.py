@@ -1,0 +1,230 @@
+"""Exact combinatorial solvers in TensorFlow against the SciPy loop a user would write.
+
+What is timed, for each problem (a batch of B random instances):
+
+- SciPy: a Python loop over the batch, as a user would write it.
+  Shortest path: per grid, a CSR matrix of the vertex-cost graph (edge u → v weighs
+  the cost of v; the sparsity structure is built once per shape), then
+  `scipy.sparse.csgraph.dijkstra(…, indices=0, return_predecessors=True)` and the
+  walk back from the bottom-right vertex into a 0/1 mask. Assignment:
+  `scipy.optimize.linear_sum_assignment(s, maximize=True)` per matrix, written into
+  a permutation matrix.
+- ours: `tf_perturbed.solvers.shortest_path` / `assignment` on a tensor holding the
+  batch, in a `tf.function` (graph mode) and a `tf.function(jit_compile=True)` (XLA),
+  each call ending with `.numpy()`. Both solvers compile their loops with XLA even
+  in graph mode, so the two modes mostly differ by the ops around the loops.
+
+Before timing, every problem is checked: our optimal values (path costs, matching
+scores) must equal SciPy's. Candidates alternate round by round (`common.py`);
+tables give medians, ratios are SciPy's median over ours.
+
+Usage (from the repository root):
+
+    .venv/bin/python benchmarks/solvers.py            # ≈ 3 min on an idle machine
+    .venv/bin/python benchmarks/solvers.py --quick    # 2 rounds; results/solvers_quick.*
+
+Results: `benchmarks/results/solvers.{md,json}`.
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import scipy.sparse  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from scipy.optimize import linear_sum_assignment  # noqa: E402
+from scipy.sparse.csgraph import dijkstra  # noqa: E402
+
+from tf_perturbed import solvers  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+KING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+# (solver, size, batch): shortest paths on H × H grids, assignments of n × n matrices.
+PROBLEMS = [
+    ("shortest_path", 12, 512),
+    ("shortest_path", 30, 512),
+    ("assignment", 10, 512),
+    ("assignment", 50, 256),
+    ("assignment", 100, 64),
+]
+
+
+def grid_structure(h: int, w: int):
+    """CSR structure (indptr, heads) of the king-move grid graph, edges sorted by tail."""
+    index = np.arange(h * w).reshape(h, w)
+    tails, heads = [], []
+    for dy, dx in KING:
+        tails.append(index[max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)].ravel())
+        heads.append(index[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)].ravel())
+    tails, heads = np.concatenate(tails), np.concatenate(heads)
+    order = np.lexsort((heads, tails))
+    return np.searchsorted(tails[order], np.arange(h * w + 1)), heads[order]
+
+
+def scipy_shortest_paths(costs: np.ndarray) -> np.ndarray:
+    """0/1 masks `[B, H, W]` of shortest paths, one Dijkstra per grid."""
+    batch, h, w = costs.shape
+    indptr, heads = grid_structure(h, w)
+    masks = np.zeros_like(costs)
+    for b in range(batch):
+        flat = costs[b].ravel()
+        graph = scipy.sparse.csr_matrix((flat[heads], heads, indptr), shape=(h * w, h * w))
+        _, previous = dijkstra(graph, indices=0, return_predecessors=True)
+        mask, vertex = masks[b].reshape(-1), h * w - 1
+        while vertex >= 0:
+            mask[vertex] = 1.0
+            vertex = previous[vertex]
+    return masks
+
+
+def scipy_assignments(scores: np.ndarray) -> np.ndarray:
+    """Permutation matrices `[B, n, n]` maximising ⟨P, S⟩, one call per matrix."""
+    perms = np.zeros_like(scores)
+    for b in range(len(scores)):
+        rows, cols = linear_sum_assignment(scores[b], maximize=True)
+        perms[b, rows, cols] = 1.0
+    return perms
+
+
+def make_problem(solver: str, size: int, batch: int):
+    """(inputs, SciPy function, our solver) for one problem."""
+    rng = np.random.default_rng(0)
+    if solver == "shortest_path":
+        # Warcraft-like vertex costs, positive.
+        return (
+            rng.uniform(0.1, 10.0, (batch, size, size)).astype(np.float32),
+            scipy_shortest_paths,
+            solvers.shortest_path,
+        )
+    return (
+        rng.normal(size=(batch, size, size)).astype(np.float32),
+        scipy_assignments,
+        solvers.assignment,
+    )
+
+
+def time_problem(solver: str, size: int, batch: int, rounds: int) -> dict:
+    """Checks one problem against SciPy, then times the three candidates."""
+    inputs, reference, ours = make_problem(solver, size, batch)
+    tensor = tf.constant(inputs)
+    candidates = {
+        "graph": tf.function(ours),
+        "xla": tf.function(ours, jit_compile=True),
+    }
+    first_call_s = {}
+    for name, fn in candidates.items():
+        start = time.perf_counter()
+        fn(tensor).numpy()
+        first_call_s[name] = time.perf_counter() - start
+    # Same optimal values as SciPy (ties could pick other optimal solutions).
+    expected = np.sum(reference(inputs) * inputs, axis=(1, 2), dtype=np.float64)
+    for name, fn in candidates.items():
+        got = np.sum(fn(tensor).numpy() * inputs, axis=(1, 2), dtype=np.float64)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=f"{solver} {name}")
+    times = common.interleaved_times(
+        {
+            "scipy": lambda: reference(inputs),
+            "graph": lambda: candidates["graph"](tensor).numpy(),
+            "xla": lambda: candidates["xla"](tensor).numpy(),
+        },
+        rounds=rounds,
+        warmup=1,
+    )
+    summary = {name: common.summarize(values) for name, values in times.items()}
+    scipy_ms = summary["scipy"]["median_ms"]
+    return {
+        "solver": solver,
+        "size": size,
+        "batch": batch,
+        "first_call_s": first_call_s,
+        "times": summary,
+        "speedup": {mode: scipy_ms / summary[mode]["median_ms"] for mode in candidates},
+    }
+
+
+def run(rounds: int) -> dict:
+    results = []
+    for solver, size, batch in PROBLEMS:
+        item = time_problem(solver, size, batch, rounds)
+        t = item["times"]
+        print(
+            f"{solver} size={size} B={batch}: SciPy {t['scipy']['median_ms']:.1f} ms, "
+            f"graph {t['graph']['median_ms']:.1f} ms, xla {t['xla']['median_ms']:.1f} ms",
+            flush=True,
+        )
+        results.append(item)
+    return {"problems": results}
+
+
+def report(payload: dict, info: dict, command: str) -> str:
+    rows = []
+    for item in payload["problems"]:
+        t = item["times"]
+        label = "H × W" if item["solver"] == "shortest_path" else "n"
+        size = f"{item['size']} × {item['size']}" if label == "H × W" else str(item["size"])
+        rows.append(
+            [
+                item["solver"],
+                size,
+                item["batch"],
+                t["scipy"]["median_ms"],
+                t["graph"]["median_ms"],
+                t["xla"]["median_ms"],
+                f"{item['speedup']['graph']:.2f}×",
+                f"{item['speedup']['xla']:.2f}×",
+                f"{item['first_call_s']['xla']:.1f}",
+            ]
+        )
+    table = common.markdown_table(
+        [
+            "solver",
+            "size",
+            "B",
+            "SciPy loop (ms)",
+            "graph (ms)",
+            "XLA (ms)",
+            "speed-up graph",
+            "speed-up XLA",
+            "XLA first call (s)",
+        ],
+        rows,
+    )
+    return "\n\n".join(
+        [
+            "# Exact solvers: TensorFlow ops against a SciPy loop",
+            "Median wall-clock time per batched call (all B instances), SciPy loop and "
+            "ours alternating round by round; speed-up = SciPy median / our median "
+            "(> 1: ours is faster). First call = tracing and XLA compilation.",
+            table,
+            common.machine_markdown(info, command),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds, _quick result files")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds (default 9)")
+    args = parser.parse_args()
+    rounds = args.rounds or (2 if args.quick else 9)
+    info = common.machine_info(["tensorflow", "keras", "numpy", "scipy", "tf_perturbed"])
+    payload = run(rounds)
+    payload.update(machine=info, rounds=rounds, command=common.command_line())
+    name = "solvers_quick" if args.quick else "solvers"
+    text = report(payload, info, payload["command"])
+    common.write_json(name, payload)
+    common.write_markdown(name, text)
+    print()
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
