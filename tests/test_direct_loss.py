@@ -153,6 +153,28 @@ def test_categorical_sign_convention_on_one_draw():
         tp.direct_categorical_gradient(theta, gumbel, loss, epsilon=0)
 
 
+
+@pytest.mark.parametrize("normalize", ["none", "max_abs"])
+def test_categorical_epsilon_may_be_a_tensor_in_a_compiled_step(normalize):
+    # An annealed ε lives in a variable; one compiled function serves every value.
+    theta = tf.constant([[2.0, 1.0, 1.5], [0.0, 0.3, 0.1]])
+    gumbel = tf.constant([[0.0, 0.2, -0.1], [0.4, 0.0, 0.2]])
+    loss = tf.constant([[1.0, 0.5, 0.0], [0.2, 3.0, -1.0]])
+    epsilon = tf.Variable(-1.0)
+    step = tf.function(
+        lambda: tp.direct_categorical_gradient(theta, gumbel, loss, epsilon, normalize=normalize),
+        jit_compile=True,
+    )
+    for value in (-1.0, -0.3, 0.05, 2.0):
+        epsilon.assign(value)
+        expected = tp.direct_categorical_gradient(theta, gumbel, loss, value, normalize=normalize)
+        np.testing.assert_allclose(step().numpy(), expected.numpy(), rtol=1e-6)
+    assert step.experimental_get_tracing_count() == 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="epsilon"):
+        tp.direct_categorical_gradient(theta, gumbel, loss, tf.constant(0.0))
+    with pytest.raises(ValueError, match="epsilon.shape"):
+        tp.direct_categorical_gradient(theta, gumbel, loss, tf.constant([1.0, 2.0]))
+
 # Escape. Example 0: θ = [1, 0], g = [−1, 1], ε₀ = 0.1: θ + εg = [1 − ε, ε] flips when
 # ε > 0.5, i.e. after k = 17 growths (0.1·1.1^16 = 0.4595, 0.1·1.1^17 = 0.5054).
 # Example 1 flips at once, example 2 has g = 0.

@@ -185,3 +185,17 @@ def test_multiplicative_gradient_matches_finite_differences_with_common_random_n
     stderr = diff.std(0, ddof=1) / math.sqrt(rows)
     # Central differences add an O(h²) bias, far below the standard error here.
     np.testing.assert_array_less(np.abs(diff.mean(0)), Z_SCORE * stderr)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64, tf.float16, tf.bfloat16])
+def test_uniform_noise_stays_open_at_the_extreme_bit_patterns(dtype):
+    # All-zero and all-one philox words are the two ends of the bit range: the centre
+    # of the top bin is not representable in float32/float64 and must not round to 1.
+    from tf_perturbed._src import noise as noise_lib
+
+    words = tf.constant([[0, 0xFFFFFFFF, 0x80000000]] * 2, tf.uint32)
+    u = noise_lib.uniform_from_bits(words, dtype).numpy().astype(np.float64)
+    assert np.all(u > 0.0) and np.all(u < 1.0), u
+    gumbel = -np.log(-np.log(u))
+    assert np.all(np.isfinite(gumbel)), gumbel
+    np.testing.assert_allclose(u[2], 0.5, rtol=2.0**-7)  # the middle word maps to the middle

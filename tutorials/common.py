@@ -21,7 +21,7 @@ import platform
 import shlex
 import sys
 import time
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -44,6 +44,7 @@ def parse_args(
     description: str = "",
     default_methods: Optional[Iterable[str]] = None,
     add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+    presets: Optional[Tuple[dict, dict]] = None,
 ) -> argparse.Namespace:
     """Parses the shared flags and the tutorial's own ones.
 
@@ -54,6 +55,8 @@ def parse_args(
       description: the `--help` text.
       default_methods: the methods run when `--methods` is not given (default all).
       add_arguments: a callback adding the tutorial's own flags to the parser.
+      presets: `(quick, full)`, two dicts of flag defaults: every flag of the
+        chosen one (by `--quick`) that was left at None takes its value there.
 
     Returns:
       The namespace, with `methods` a list of names, `output_dir` a `pathlib.Path`
@@ -95,6 +98,10 @@ def parse_args(
     if unknown or not chosen:
         parser.error(f"Expected --methods among {methods}, received: --methods={args.methods!r}")
     args.methods = chosen
+    if presets is not None:
+        for key, value in presets[0 if args.quick else 1].items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
     args.output_dir = pathlib.Path("outputs") / name if args.output_dir is None else args.output_dir
     args.output_dir.mkdir(parents=True, exist_ok=True)
     args.command = shlex.join(["python", f"tutorials/{name}.py", *argv])

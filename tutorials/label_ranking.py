@@ -217,12 +217,13 @@ def _add_arguments(parser) -> None:
 def main(argv=None) -> dict:
     timer = common.Timer()
     args = common.parse_args(
-        NAME, argv, METHODS, description=__doc__.split("\n")[0], add_arguments=_add_arguments
+        NAME,
+        argv,
+        METHODS,
+        description=__doc__.split("\n")[0],
+        add_arguments=_add_arguments,
+        presets=(QUICK, FULL),
     )
-    preset = QUICK if args.quick else FULL
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
     keras.utils.set_random_seed(args.seed)
     labels = make_data(args.num_train, args.num_test, args.seed)
 

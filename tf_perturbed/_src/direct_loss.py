@@ -110,7 +110,7 @@ def _solve(config: DirectLossConfig, theta: tf.Tensor) -> tf.Tensor:
 
 
 def loss_perturbed_gradient(
-    theta: tf.Tensor, y0: tf.Tensor, g: tf.Tensor, config: DirectLossConfig
+    theta: tf.Tensor, y0: tf.Tensor, g: tf.Tensor, config: DirectLossConfig, epsilon=None
 ) -> tf.Tensor:
     """The direct estimate of ∂L/∂θ from y₀ = y*(θ) and the upstream gradient g.
 
@@ -126,6 +126,7 @@ def loss_perturbed_gradient(
       y0: `[*batch, *event]`, y*(θ) in theta's dtype.
       g: `[*batch, *event]`, the upstream gradient at y₀.
       config: a `DirectLossConfig`.
+      epsilon: None (use `config.epsilon`) or a scalar tensor ε ≠ 0 that replaces it.
 
     Returns:
       `[*batch, *event]`, the gradient estimate in theta's dtype.
@@ -139,7 +140,8 @@ def loss_perturbed_gradient(
     else:
         scale = tf.ones_like(tf.reduce_sum(g, axis=axes, keepdims=True))  # [*batch, 1…]
     direction = tf.math.divide_no_nan(g, scale)  # [*batch, *event]; 0 where g = 0
-    epsilon = tf.fill(tf.shape(scale), tf.constant(config.epsilon, theta.dtype))  # [*batch, 1…]
+    epsilon = tf.cast(config.epsilon if epsilon is None else epsilon, theta.dtype)
+    epsilon = tf.fill(tf.shape(scale), epsilon)  # [*batch, 1…]
 
     def solve_perturbed(epsilon):
         perturbed = theta + sign * epsilon * direction  # [*batch, *event]
@@ -306,7 +308,7 @@ def direct_categorical_gradient(
     theta: tf.Tensor,
     gumbel: tf.Tensor,
     loss_per_category: tf.Tensor,
-    epsilon: float,
+    epsilon,
     *,
     normalize: str = "none",
     epsilon_growth: Optional[float] = None,
@@ -334,7 +336,9 @@ def direct_categorical_gradient(
       gumbel: noise of theta's shape, the draw that produced z₀ (zero-mode
         Gumbel gives z₀ ~ softmax(θ)).
       loss_per_category: `[..., n, K]`, the loss for each category.
-      epsilon: ε ≠ 0.
+      epsilon: ε ≠ 0, a number or a scalar float tensor (e.g. an annealed ε in a
+        compiled training step; a tensor ε = 0 or non-finite raises at run time
+        outside XLA).
       normalize: `"none"` (default: ε multiplies ℓ as is) or `"max_abs"` (ε
         relative to max_k |ℓ| per variable, and the result scaled back).
       epsilon_growth, max_growth_steps: the escape of `direct_loss_gradient`.
@@ -356,6 +360,10 @@ def direct_categorical_gradient(
       Lorberbom, Gane, Jaakkola, Hazan (2019), Direct Optimization through argmax for
         Discrete Variational Auto-Encoder, Theorem 1.
     """
+    epsilon_tensor = None
+    if isinstance(epsilon, (tf.Tensor, tf.Variable)):
+        epsilon_tensor = _check_epsilon_tensor(epsilon)
+        epsilon = 1.0  # replaced by the tensor in `loss_perturbed_gradient`
     config = DirectLossConfig.create(core.argmax, epsilon, normalize, epsilon_growth, max_growth_steps)
     theta, out_dtype, compute_dtype = _compute(theta, config)
     theta_pert = tf.cast(theta, compute_dtype) + tf.cast(gumbel, compute_dtype)  # [..., n, K]
@@ -367,5 +375,21 @@ def direct_categorical_gradient(
         )
     theta_pert = tf.stop_gradient(theta_pert)
     z0 = _solve(config, theta_pert)
-    grad = loss_perturbed_gradient(theta_pert, z0, tf.stop_gradient(loss_per_category), config)
+    grad = loss_perturbed_gradient(
+        theta_pert, z0, tf.stop_gradient(loss_per_category), config, epsilon_tensor
+    )
     return tf.cast(grad, out_dtype)
+
+
+def _check_epsilon_tensor(epsilon) -> tf.Tensor:
+    """A scalar float tensor ε, asserted ≠ 0 and finite when the graph runs (not under XLA)."""
+    if not epsilon.dtype.is_floating or epsilon.shape.rank != 0:
+        raise ValueError(
+            "Expected a tensor `epsilon` to be a float scalar, received: "
+            f"epsilon.dtype={epsilon.dtype.name}, epsilon.shape={epsilon.shape}"
+        )
+    epsilon = tf.convert_to_tensor(epsilon)
+    valid = tf.logical_and(tf.not_equal(epsilon, 0), tf.math.is_finite(epsilon))
+    check = tf.debugging.Assert(valid, ["Expected `epsilon` ≠ 0 and finite, received: epsilon =", epsilon])
+    with tf.control_dependencies([check]):
+        return tf.identity(epsilon)

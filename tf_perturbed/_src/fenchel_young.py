@@ -69,6 +69,7 @@ def fenchel_young_loss(
     *,
     maximize: Optional[bool] = None,
     solver_kwargs: Optional[dict] = None,
+    chunk_size: Optional[int] = None,
 ) -> tf.Tensor:
     """Fenchel-Young loss of the perturbed optimizer, per example.
 
@@ -91,6 +92,8 @@ def fenchel_young_loss(
       seed: int, None or `int32[2]`.
       maximize: overrides the solver's registration (True: scores, False: costs).
       solver_kwargs: hyper-parameters of the solver, e.g. `{"k": 3}`.
+      chunk_size: None or C ≥ 1: solve at most C of the M samples at a time to
+        bound memory (see `tf_perturbed.perturbed`).
 
     Returns:
       The loss per example, `[...]` (theta's batch shape), in theta's dtype.
@@ -107,6 +110,6 @@ def fenchel_young_loss(
       Berthet et al. (2020), Learning with Differentiable Perturbed Optimizers, §4.
     """
     config = perturbed_lib.PerturbationConfig.create(
-        solver, num_samples, sigma, noise, perturbation, False, solver_kwargs
+        solver, num_samples, sigma, noise, perturbation, False, solver_kwargs, chunk_size
     )
     return fenchel_young_value(y_true, theta, seeds_lib.sanitize_seed(seed), config, maximize)

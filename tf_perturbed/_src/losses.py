@@ -29,6 +29,8 @@ class FenchelYoungLoss(keras.losses.Loss):
         default (multiplicative for `"shortest_path"`, additive otherwise).
       seed: int or None; each call draws new noise.
       maximize: None to follow the solver's registration, or True/False.
+      chunk_size: None or C ≥ 1: solve at most C of the M samples at a time
+        to bound memory (see `tf_perturbed.perturbed`).
       solver_kwargs: the solver's hyper-parameters; keyword arguments not
         listed here (such as `k=3`) are added to them.
       reduction, name, dtype: as for every Keras loss.
@@ -52,6 +54,7 @@ class FenchelYoungLoss(keras.losses.Loss):
         seed: Optional[int] = None,
         maximize: Optional[bool] = None,
         solver_kwargs: Optional[dict] = None,
+        chunk_size: Optional[int] = None,
         reduction: str = "sum_over_batch_size",
         name: str = "fenchel_young_loss",
         dtype=None,
@@ -61,7 +64,7 @@ class FenchelYoungLoss(keras.losses.Loss):
         merged = dict(solver_kwargs or {})
         merged.update(params)
         self._config = perturbed_lib.PerturbationConfig.create(
-            solver, num_samples, sigma, noise, perturbation, False, merged
+            solver, num_samples, sigma, noise, perturbation, False, merged, chunk_size
         )
         self.maximize = None if maximize is None else bool(maximize)
         self.seed = common.check_layer_seed(seed)
@@ -83,5 +86,6 @@ class FenchelYoungLoss(keras.losses.Loss):
             perturbation=self._config.perturbation,
             seed=self.seed,
             maximize=self.maximize,
+            chunk_size=self._config.chunk_size,
         )
         return config

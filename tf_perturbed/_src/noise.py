@@ -15,19 +15,38 @@ def uniform_open(shape, seed: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Ten
 
     `tf.random.stateless_uniform` for floats differs between XLA and the TF
     kernels, while its raw uint32 philox bits agree; the floats are built here
-    from the bits: 24 bits for float32 and narrower types, 53 bits for float64,
-    centred in their bins so that neither 0 nor 1 is drawn.
+    from the bits by `uniform_from_bits`.
+    """
+    words = 2 if dtype == tf.float64 else 1
+    bits = tf.random.stateless_uniform(
+        tf.concat([[words], shape], 0), seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
+    )
+    return uniform_from_bits(bits, dtype)
+
+
+def uniform_from_bits(bits: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """Maps uint32 words `[2, ...]` (float64) or `[1, ...]` (other dtypes) into (0, 1).
+
+    float64 takes 53 bits (26 + 27) and float32 24 bits; the value is the centre
+    of the bit pattern's bin. The top bin's centre, 1 − 2⁻⁵⁴ (float64) or
+    1 − 2⁻²⁵ (float32), is not representable and would round to 1.0 (making
+    log(u) = 0 and Gumbel noise +inf), so it is moved to the largest float below 1.
+    Narrower dtypes are built in float32, cast, and kept inside (0, 1) in the same way.
     """
     if dtype == tf.float64:
-        words = tf.random.stateless_uniform(
-            tf.concat([[2], shape], 0), seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
-        )
-        high = tf.cast(tf.bitwise.right_shift(words[0], tf.constant(6, tf.uint32)), tf.float64)  # 26 bits
-        low = tf.cast(tf.bitwise.right_shift(words[1], tf.constant(5, tf.uint32)), tf.float64)  # 27 bits
-        return (high * 2.0**27 + low + 0.5) * 2.0**-53
-    bits = tf.random.stateless_uniform(shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox")
-    u = (tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) + 0.5) * 2.0**-24
-    return tf.cast(u, dtype)
+        high = tf.cast(tf.bitwise.right_shift(bits[0], tf.constant(6, tf.uint32)), tf.float64)  # 26 bits
+        low = tf.cast(tf.bitwise.right_shift(bits[1], tf.constant(5, tf.uint32)), tf.float64)  # 27 bits
+        u = (high * 2.0**27 + low + 0.5) * 2.0**-53
+        return tf.minimum(u, 1.0 - 2.0**-53)
+    u = (tf.cast(tf.bitwise.right_shift(bits[0], tf.constant(8, tf.uint32)), tf.float32) + 0.5) * 2.0**-24
+    u = tf.minimum(u, 1.0 - 2.0**-24)
+    if dtype == tf.float32:
+        return u
+    # (smallest float above 0, largest float below 1) of each narrow type
+    bounds = {tf.float16: (2.0**-24, 1.0 - 2.0**-11), tf.bfloat16: (2.0**-25, 1.0 - 2.0**-8)}.get(dtype)
+    if bounds is None:
+        raise TypeError(f"Expected a floating `dtype` for uniform noise, received: dtype={dtype!r}")
+    return tf.clip_by_value(tf.cast(u, dtype), tf.constant(bounds[0], dtype), tf.constant(bounds[1], dtype))
 
 
 class Noise:

@@ -1,4 +1,4 @@
-"""Pieces shared by the Keras wrappers: argument checks, seeds and noise names."""
+"""Pieces shared by the Keras wrappers: argument checks, seeds, noise names and input dtypes."""
 
 import numbers
 
@@ -11,12 +11,15 @@ from tf_perturbed._src import seeds as seeds_lib
 INFERENCE_MODES = ("hard", "perturbed")
 
 
+_SEED_LIMIT = 2**63  # a `keras.random.SeedGenerator` keeps its state in int64
+
+
 def check_layer_seed(seed):
-    """Layers and losses take an int ≥ 0 or None (a config must hold plain values)."""
+    """Layers and losses take an int in [0, 2⁶³) or None (a config must hold plain values)."""
     if seed is None:
         return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"Expected `seed` to be an int ≥ 0 or None, received: seed={seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < _SEED_LIMIT:
+        raise ValueError(f"Expected `seed` to be an int in [0, 2**63) or None, received: seed={seed!r}")
     return int(seed)
 
 
@@ -41,3 +44,23 @@ def next_seed(generator: keras.random.SeedGenerator) -> tf.Tensor:
     """A fresh `int32[2]` seed for this call, distinct per replica under tf.distribute."""
     seed = seeds_lib.sanitize_seed(tf.convert_to_tensor(generator.next()))
     return seeds_lib.per_replica(seed)
+
+
+def float_inputs(inputs, dtype, name: str = "inputs") -> tf.Tensor:
+    """Scores as a float tensor: integers are cast to `dtype` (the layer's compute dtype).
+
+    Keras casts float inputs to the compute dtype itself and leaves integers alone;
+    without this, a layer would return integers at inference and reject them in
+    training. Anything neither float nor integer (bool, complex, string) raises.
+
+    Raises:
+      TypeError: naming `name` and the dtype received.
+    """
+    inputs = tf.convert_to_tensor(inputs)
+    if inputs.dtype.is_floating:
+        return inputs
+    if inputs.dtype.is_integer:
+        return tf.cast(inputs, dtype)
+    raise TypeError(
+        f"Expected `{name}` of a float or integer dtype, received: {name}.dtype={inputs.dtype.name}"
+    )

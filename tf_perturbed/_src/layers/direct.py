@@ -97,7 +97,7 @@ class DirectLossGradient(keras.layers.Layer):
         return self._config.solver
 
     def call(self, inputs, training=None):
-        theta = inputs
+        theta = common.float_inputs(inputs, self.compute_dtype)
         if training and self.sigma > 0:
             seed = common.next_seed(self.seed_generator)
             noise_dtype = tf.float32 if theta.dtype in (tf.float16, tf.bfloat16) else theta.dtype

@@ -202,6 +202,8 @@ class LearnedNoiseScale(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         scores, features = self._split(inputs)
+        scores = common.float_inputs(scores, self.compute_dtype, "scores")
+        features = common.float_inputs(features, self.compute_dtype, "features")
         if not (training or self.return_sigma):
             return scores
         sigma = self._sigma(features, scores)  # float32

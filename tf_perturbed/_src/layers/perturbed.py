@@ -30,6 +30,8 @@ class PerturbedOptimizer(keras.layers.Layer):
       inference: `"hard"` or `"perturbed"`, what the layer returns outside training.
       seed: int or None; each call draws new noise from a `keras.random.SeedGenerator`.
       solver_kwargs: the solver's hyper-parameters, e.g. `{"k": 3}`.
+      chunk_size: None or C ≥ 1: solve at most C of the M samples at a time,
+        forward and backward, to bound memory (see `tf_perturbed.perturbed`).
 
     Input shape: `[..., *event]` (event: `[d]`, or `[H, W]` / `[n, n]` for 2-D solvers).
     Output shape: the solver's (`[..., d]`, or `[..., d, d]` for sort permutations).
@@ -54,11 +56,12 @@ class PerturbedOptimizer(keras.layers.Layer):
         inference: str = "hard",
         seed: Optional[int] = None,
         solver_kwargs: Optional[dict] = None,
+        chunk_size: Optional[int] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._config = perturbed_lib.PerturbationConfig.create(
-            solver, num_samples, sigma, noise, perturbation, control_variate, solver_kwargs
+            solver, num_samples, sigma, noise, perturbation, control_variate, solver_kwargs, chunk_size
         )
         self.control_variate = control_variate
         self.inference = common.check_inference(inference)
@@ -70,6 +73,7 @@ class PerturbedOptimizer(keras.layers.Layer):
         return self._config.solver
 
     def call(self, inputs, training=None):
+        inputs = common.float_inputs(inputs, self.compute_dtype)
         if training or self.inference == "perturbed":
             seed = common.next_seed(self.seed_generator)
             return perturbed_lib.perturbed_mean(inputs, seed, self._config)
@@ -88,6 +92,7 @@ class PerturbedOptimizer(keras.layers.Layer):
             control_variate=self.control_variate,
             inference=self.inference,
             seed=self.seed,
+            chunk_size=self._config.chunk_size,
         )
         return config
 

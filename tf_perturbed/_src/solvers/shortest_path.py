@@ -8,10 +8,11 @@ inside `tf.function` and compiles with XLA:
    H·W rounds, since a path visits at most H·W vertices).
 2. Plateau depths `h`: a vertex whose distance equals its closest neighbour's
    (zero or negligible cost) gets `h` = the number of such equal-distance steps to
-   a vertex with a strictly closer neighbour. Usually zero rounds.
-3. Backtracking from the bottom-right vertex to the lexicographically smallest
-   neighbour in (distance, h), which strictly decreases at every step, so the walk
-   is a simple path and reaches the top-left vertex in at most H·W − 1 steps.
+   a vertex with a strictly closer neighbour (usually no vertex needs any).
+3. Backtracking: each vertex's predecessor is its neighbour smallest in
+   (distance, h, move order); (distance, h) strictly decreases along predecessors,
+   so the walk from the bottom-right vertex is a simple path and reaches the
+   top-left vertex in at most H·W − 1 steps.
 
 Distances are compared only with values produced by the same float additions, so
 the backtracking needs no tolerance. The solver is compiled with XLA even when called
@@ -120,43 +121,51 @@ def _plateau_depths(dist: tf.Tensor, moves: Moves) -> tf.Tensor:
     return depth
 
 
-def _backtrack(dist: tf.Tensor, depth: tf.Tensor, moves: Moves, dtype: tf.DType) -> tf.Tensor:
-    """0/1 mask `[B, H, W]` of the walk from the bottom-right vertex to the top-left one."""
-    h, w, batch = tf.shape(dist)[0], tf.shape(dist)[1], tf.shape(dist)[2]
-    wp = w + 2
-    size = (h + 2) * wp
-    inf = tf.constant(float("inf"), dist.dtype)
-    padded_dist = tf.pad(dist, [[1, 1], [1, 1], [0, 0]], constant_values=inf)  # [H+2, W+2, B]
-    padded_dist = tf.reshape(tf.transpose(padded_dist, [2, 0, 1]), [batch, size])  # [B, S]
-    padded_depth = tf.pad(depth, [[1, 1], [1, 1], [0, 0]], constant_values=h * w)
-    padded_depth = tf.reshape(tf.transpose(padded_depth, [2, 0, 1]), [batch, size])  # [B, S]
-    offsets = tf.constant([dy for dy, _ in moves]) * wp + tf.constant([dx for _, dx in moves])
-    source = wp + 1  # (0, 0) in padded flat coordinates
-    target = tf.fill([batch], h * wp + w)  # [B]  (H-1, W-1)
+def _predecessors(dist: tf.Tensor, depth: tf.Tensor, moves: Moves) -> tf.Tensor:
+    """Move to each vertex's neighbour smallest in (distance, depth, move): int32 `[H, W, B]`."""
+    dist_around = _neighbours(dist, moves, float("inf"))
+    depth_around = _neighbours(depth, moves, tf.shape(dist)[0] * tf.shape(dist)[1])
+    best_dist, best_depth = dist_around[0], depth_around[0]
+    best = tf.zeros(tf.shape(depth), tf.int32)
+    for k in range(1, len(moves)):
+        closer = tf.logical_or(
+            dist_around[k] < best_dist,
+            tf.logical_and(tf.equal(dist_around[k], best_dist), depth_around[k] < best_depth),
+        )
+        best_dist = tf.where(closer, dist_around[k], best_dist)
+        best_depth = tf.where(closer, depth_around[k], best_depth)
+        best = tf.where(closer, k, best)
+    return best
+
+
+def _backtrack(previous: tf.Tensor, moves: Moves, dtype: tf.DType) -> tf.Tensor:
+    """0/1 mask `[B, H, W]` of the walk from the bottom-right vertex to the top-left one.
+
+    Args:
+        previous: the move to each vertex's predecessor, int32 `[H, W, B]`.
+    """
+    h, w, batch = tf.shape(previous)[0], tf.shape(previous)[1], tf.shape(previous)[2]
+    previous = tf.reshape(previous, [h * w, batch])  # [H·W, B]
+    offsets = tf.constant([dy for dy, _ in moves]) * w + tf.constant([dx for _, dx in moves])
     rows = tf.range(batch)  # [B]
     ones = tf.ones([batch], dtype)
-    mask = tf.zeros([batch, size], dtype)  # [B, S]
+    target = tf.fill([batch], h * w - 1)  # [B]  (H−1, W−1) flattened
+    mask = tf.zeros([batch, h * w], dtype)  # [B, H·W]
     mask = tf.tensor_scatter_nd_update(mask, tf.stack([rows, target], axis=1), ones)
 
     def step(vertex, mask):
-        around = vertex[:, None] + offsets[None, :]  # [B, K]
-        d_around = tf.gather(padded_dist, around, batch_dims=1)  # [B, K]
-        h_around = tf.gather(padded_depth, around, batch_dims=1)  # [B, K]
-        closest = tf.equal(d_around, tf.reduce_min(d_around, axis=1, keepdims=True))
-        k = tf.argmin(tf.where(closest, h_around, h * w + 1), axis=1, output_type=tf.int32)
-        previous = tf.gather(offsets, k) + vertex  # [B]
-        vertex = tf.where(tf.equal(vertex, source), vertex, previous)
+        move = tf.gather_nd(previous, tf.stack([vertex, rows], axis=1))  # [B]
+        vertex = tf.where(vertex > 0, vertex + tf.gather(offsets, move), vertex)  # [B]
         mask = tf.tensor_scatter_nd_update(mask, tf.stack([rows, vertex], axis=1), ones)
         return vertex, mask
 
     _, mask = tf.while_loop(
-        lambda vertex, mask: tf.reduce_any(tf.not_equal(vertex, source)),
+        lambda vertex, mask: tf.reduce_any(vertex > 0),
         step,
         (target, mask),
         maximum_iterations=h * w - 1,
     )
-    mask = tf.reshape(mask, [batch, h + 2, wp])  # [B, H+2, W+2]
-    return mask[:, 1 : h + 1, 1 : w + 1]  # [B, H, W]
+    return tf.reshape(mask, [batch, h, w])  # [B, H, W]
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -165,7 +174,8 @@ def _solve(grids: tf.Tensor, moves: Moves) -> tf.Tensor:
     grids = tf.transpose(grids, [1, 2, 0])  # [H, W, B]: the batch is the contiguous axis
     dist = _distances(grids, moves)  # [H, W, B]
     depth = _plateau_depths(dist, moves)  # [H, W, B]
-    return _backtrack(dist, depth, moves, grids.dtype)  # [B, H, W]
+    previous = _predecessors(dist, depth, moves)  # [H, W, B]
+    return _backtrack(previous, moves, grids.dtype)  # [B, H, W]
 
 
 def shortest_path(costs: tf.Tensor, neighbourhood: int = 8) -> tf.Tensor:

