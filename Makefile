@@ -1,5 +1,5 @@
-# make test: lint + test suite.  make demo: the main job (label ranking, quick, until the
-# Warcraft tutorial lands).
+# make test: lint + test suite.  make demo: the main job (Warcraft shortest paths with the
+# Fenchel-Young loss, quick mode: data, training, metrics, figures, SavedModel, serving).
 # Both create .venv when missing and install what they need (pins tested on Python 3.11, CPU).
 PYTHON ?= python3
 VENV := .venv
@@ -29,11 +29,13 @@ test: lint
 	$(BIN)/python -m pytest tests
 
 demo: $(VENV)/.installed
-	$(BIN)/python tutorials/label_ranking.py --quick --output-dir outputs/demo
+	$(BIN)/python tutorials/warcraft.py --quick --methods fenchel_young --output-dir outputs/demo
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/perturbed_ops.py
 	$(BIN)/python benchmarks/solvers.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/training_overhead.py
 
 clean:
 	rm -rf $(VENV) .keras_home outputs

@@ -1,0 +1,97 @@
+"""Smoke tests of the Warcraft shortest-path tutorial (tutorials/warcraft.py).
+
+`main` runs in-process on a tiny generated set (three methods, one epoch each) and the
+Fenchel-Young model is exported and served from a fresh process; a separate test checks
+that the Fenchel-Young loss of the tutorial's network falls when it trains on a few maps.
+Runtime: about 52 s on 2 shared CPU cores at load average 2.5–4 (the tiny `main` run 42 s, a
+quarter of it the fresh serving process; the loss test 10 s), plus importing TensorFlow.
+"""
+
+import json
+import pathlib
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tutorials"))
+import warcraft  # noqa: E402
+import warcraft_data  # noqa: E402
+
+METRIC_KEYS = {"perfect_path_accuracy", "exact_match", "cost_ratio"}
+
+
+def test_main_tiny_run_writes_metrics_figures_and_serves(tmp_path):
+    argv = [
+        "--output-dir", str(tmp_path),
+        "--methods", "fenchel_young,squared,blackbox",
+        "--num-train", "14", "--num-val", "7", "--num-test", "7",
+        "--epochs", "1", "--batch-size", "7", "--verbose", "0",
+    ]  # fmt: skip
+    warcraft.main(argv)
+    payload = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"results", "command", "versions", "seconds", "serving", "curves"} <= set(payload)
+    assert [row["method"] for row in payload["results"]] == ["fenchel_young", "squared", "blackbox"]
+    for row in payload["results"]:
+        assert METRIC_KEYS <= set(row)
+        assert 0.0 <= row["perfect_path_accuracy"] <= 1.0 and 0.0 <= row["exact_match"] <= 1.0
+        # A path of the predicted costs can never beat the optimal path under the true costs.
+        assert row["cost_ratio"] >= 1.0 - 1e-6
+        assert np.isfinite(row["final_loss"]) and row["num_train"] == 14 and row["epochs"] == 1
+    for name in ("curves.png", "paths_fenchel_young.png", "paths_squared.png", "paths_blackbox.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert payload["serving"]["method"] == "fenchel_young"
+    assert payload["serving"]["served_equal_in_process"] is True
+    served = np.load(tmp_path / "saved_model_fenchel_young" / "served_paths.npy")
+    assert served.shape == (payload["serving"]["served_maps"], 12, 12)
+    assert set(np.unique(served)) <= {0.0, 1.0} and np.all(served[:, 0, 0] == 1) and np.all(served[:, -1, -1] == 1)
+
+
+def test_fenchel_young_loss_falls_on_a_few_maps(tmp_path):
+    maps = warcraft_data.generate_maps(10, seed=5, split="train")
+    images, paths = tf.constant(maps["images"]), tf.constant(maps["paths"])
+    args = warcraft.parse_args(["--quick", "--output-dir", str(tmp_path)])
+    keras.utils.set_random_seed(0)
+    # The tutorial's Fenchel-Young set-up: costs divided by their per-map mean, so that the
+    # loss cannot fall by shrinking every cost (it is 1-homogeneous in the costs).
+    model, loss, target = warcraft.build_method("fenchel_young", warcraft.build_cost_model(96, 12), args)
+    assert target == "paths"
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss)
+    losses = [float(model.train_on_batch(images, paths)) for _ in range(16)]
+    # The loss is a Monte-Carlo estimate (M = 3 draws per step), so it is noisy; memorising
+    # 10 maps must still cut it well below its start: the mean of the last four steps under
+    # half the mean of the first four (in one run: about 1 % of it).
+    assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
+
+
+def test_path_metrics_by_hand():
+    costs = np.array([[[1.0, 5.0], [1.0, 1.0]]] * 3, np.float32)  # [3, 2, 2]
+    true = np.array([[[1.0, 0.0], [0.0, 1.0]]] * 3, np.float32)  # diagonal: cost 2
+    pred = np.array(
+        [
+            [[1.0, 0.0], [0.0, 1.0]],  # the label itself
+            [[1.0, 0.0], [1.0, 1.0]],  # detour through a cheap vertex: cost 3
+            [[1.0, 1.0], [0.0, 1.0]],  # detour through the expensive vertex: cost 7
+        ],
+        np.float32,
+    )
+    metrics = warcraft.path_metrics(pred, true, costs)
+    assert metrics["perfect_path_accuracy"] == pytest.approx(1 / 3)
+    assert metrics["exact_match"] == pytest.approx(1 / 3)
+    assert metrics["cost_ratio"] == pytest.approx((1.0 + 1.5 + 3.5) / 3)
+
+
+def test_model_shapes_and_schedule():
+    model = warcraft.build_cost_model(96, 12)
+    costs = model(np.zeros((2, 96, 96, 3), np.float32))
+    assert tuple(costs.shape) == (2, 12, 12) and bool(np.all(np.asarray(costs) > 0))
+    assert tuple(warcraft.build_cost_model(144, 18, reduction="mean").output.shape) == (None, 18, 18)
+    with pytest.raises(ValueError, match="image_size"):
+        warcraft.build_cost_model(100, 12)
+    schedule = warcraft.learning_rate_schedule(50, 5e-4)
+    assert [schedule(e) for e in (0, 29, 30, 39, 40, 49)] == pytest.approx(
+        [5e-4, 5e-4, 5e-5, 5e-5, 5e-6, 5e-6]
+    )
+    assert warcraft.learning_rate_schedule(1, 5e-4)(0) == pytest.approx(5e-4)

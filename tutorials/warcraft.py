@@ -1,0 +1,553 @@
+"""Warcraft shortest paths: learn terrain costs from map images through a shortest-path solver.
+
+Berthet et al. (2020, §5.3 and Appendix C.3) replicate Vlastelica et al. (2019): a network
+reads a 96×96 image of a 12×12 grid of terrain tiles and outputs one positive cost per
+vertex; the prediction is the shortest path (top-left to bottom-right, 8-neighbour moves)
+under those costs. Training only sees the true path (Fenchel-Young loss, blackbox), or the
+true costs (squared-error baseline).
+
+Network: the first layers of ResNet18 (7×7/2 convolution with 64 channels, batch norm,
+ReLU, 3×3/2 max-pool, then the first residual stage: two BasicBlocks of 64 channels), which
+take a 8g×8g image to a 2g×2g feature map; a 2×2 max-pool lands exactly on the g×g grid; a
+1×1 convolution reduces the channels to one; softplus makes the vertex costs positive.
+
+Methods (`--methods`, the `method` key of each metrics row; default: all three):
+  fenchel_young  `tf_perturbed.FenchelYoungLoss("shortest_path", num_samples=3, sigma=0.1)`
+                 between the predicted costs and the true path. The noise is
+                 multiplicative, c' = c ⊙ exp(εZ − ε²/2), because the solver needs costs
+                 ≥ 0. That loss is 1-homogeneous in c, so it can fall by shrinking every
+                 cost instead of learning the terrains; the costs are therefore divided by
+                 their mean per map before the loss (`--normalize 1`, which leaves the paths
+                 unchanged). The paper used ε = 1, M = 1 (additive noise, through the code
+                 of Vlastelica et al.); here ε = 0.1 and M = 3 were chosen on the
+                 validation split (ε = 0.5 did much worse).
+  squared        mean squared error between predicted and true vertex costs (baseline; it
+                 uses the hidden costs, which the other methods never see).
+  blackbox       `tf_perturbed.DirectLossGradient("shortest_path", epsilon=−λ/B)` and a
+                 Hamming loss to the true path: the blackbox differentiation of Vlastelica et
+                 al. with their λ = 20 at batch B = 70, i.e. ε = −20/70 ≈ −0.286 (the layer
+                 normalises the loss gradient by its largest entry, so ε is the largest move
+                 of a cost, as λ/B is in their batch-mean Hamming loss).
+
+Training (`model.fit`): Adam, batches of 70, the learning rate multiplied by 0.1 at 60 % and
+80 % of the epochs; learning rate 5e-4 as in the paper, 2e-3 with `--quick`. Metrics on the
+test split, for the path of the predicted costs: perfect_path_accuracy (its true cost equals
+the optimal cost, relative tolerance 1e-5), exact_match (the same mask as the label) and
+cost_ratio (its true cost divided by the optimal one, ≥ 1, averaged). The validation split
+is scored after every epoch (curves); it, never the test split, was used for tuning.
+
+Serving: the first method's network is wrapped as image → hard path mask (its costs fed to
+`tf_perturbed.PerturbedShortestPath`, which solves without noise at inference), exported
+with `model.export` to OUTPUT_DIR/saved_model_<method>/, then a fresh Python process that
+imports only TensorFlow and NumPy loads it and asks for the paths of 8 test maps (printed,
+and checked against the in-process model). `--no-export` skips this.
+
+Outputs in `--output-dir`: metrics.json (`{"results": [{"method": …, …}], …}`),
+curves.png (training loss and validation metrics per epoch), paths_<method>.png (test maps
+with the true and predicted paths), the SavedModel, and the generated data cached under
+data/warcraft/ (`--data-dir`; `--original-dir` reads the original .npy files instead).
+
+Run: `python tutorials/warcraft.py --quick --methods fenchel_young` (the demo: 1,400 training
+maps, 5 epochs; 4 minutes on 2 CPU cores shared at a load average of 3, nearly 7 at a load
+average of 5–7), `--quick` for all three methods (12.5 minutes), or without `--quick` for the
+paper's 10,000 maps and 50 epochs (hours). Measured numbers: tutorials/README.md.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (tutorials/common.py: CLI, metrics.json, figures)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import warcraft_data  # noqa: E402  (tutorials/warcraft_data.py: the maps)
+
+import tf_perturbed  # noqa: E402
+
+METHODS = ("fenchel_young", "squared", "blackbox")
+DEFAULT_METHODS = METHODS
+RELATIVE_TOLERANCE = 1e-5
+# PyTorch's batch-norm momentum 0.1 (the original ResNet18) is Keras's 0.9. Keras's default
+# 0.99 leaves the moving statistics far from the batch ones after a short training run.
+BN_MOMENTUM = 0.9
+REDUCTIONS = ("conv", "mean")
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _basic_block(x, filters: int, name: str):
+    """ResNet BasicBlock with an identity shortcut: conv-BN-ReLU-conv-BN, add, ReLU."""
+    shortcut = x
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(x)
+    x = keras.layers.ReLU(name=f"{name}_relu1")(x)
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2")(x)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.ReLU(name=f"{name}_relu2")(x)
+
+
+def _channel_mean(features):
+    """Mean over the channels of non-negative features `[B, g, g, C]`, plus 1e-3: `[B, g, g, 1]`."""
+    return keras.ops.mean(features, axis=-1, keepdims=True) + 1e-3
+
+
+def build_cost_model(image_size: int, grid_size: int, reduction: str = "conv") -> keras.Model:
+    """Images uint8/float `[B, S, S, 3]` → positive vertex costs `[B, g, g]`.
+
+    ResNet18's stem and first stage divide the side by 4; the max-pool that follows must
+    then land exactly on the grid (S = 8g gives a 2×2 pool, as in the original data).
+    `reduction` turns the 64 channels of a vertex into its cost: `"conv"`, a learned 1×1
+    convolution then softplus; `"mean"`, the channel mean of the (non-negative) features,
+    as in the code of Vlastelica et al., plus a small constant so that costs are > 0.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"Expected `reduction` in {REDUCTIONS}, received: reduction={reduction!r}")
+    if image_size % 4 or (image_size // 4) % grid_size:
+        raise ValueError(
+            "Expected an image side divisible by 4·grid_size (8 pixels per vertex in the Warcraft "
+            f"data), received: image_size={image_size}, grid_size={grid_size}"
+        )
+    pool = image_size // 4 // grid_size
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(inputs)
+    conv1 = keras.layers.Conv2D(64, 7, strides=2, padding="same", use_bias=False, name="conv1")
+    x = conv1(x)  # [B, S/2, S/2, 64]
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="maxpool1")(x)  # [B, S/4, S/4, 64]
+    x = _basic_block(x, 64, "layer1_0")
+    x = _basic_block(x, 64, "layer1_1")
+    x = keras.layers.MaxPooling2D(pool, name="grid_pool")(x)  # [B, g, g, 64]
+    if reduction == "conv":
+        x = keras.layers.Conv2D(1, 1, name="to_cost")(x)  # [B, g, g, 1]
+        x = keras.layers.Activation("softplus", name="positive")(x)
+    else:
+        x = keras.layers.Lambda(_channel_mean, name="to_cost")(x)  # [B, g, g, 1]
+    costs = keras.layers.Reshape((grid_size, grid_size), name="costs")(x)  # [B, g, g]
+    return keras.Model(inputs, costs, name="warcraft_costs")
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def hamming_loss(y_true, y_pred):
+    """Mean Hamming distance between 0/1 masks, linear in y_pred: y(1 − t) + (1 − y)t."""
+    y_true = tf.cast(y_true, y_pred.dtype)
+    return tf.reduce_mean(y_pred * (1.0 - y_true) + (1.0 - y_pred) * y_true, axis=[-2, -1])
+
+
+def _blackbox_model(cost_model: keras.Model, args) -> keras.Model:
+    """The blackbox method: images → costs `[B, g, g]` → DirectLossGradient(shortest path) → path.
+
+    Vlastelica et al. (2019) move the costs by λ·g with g = ±1/B per vertex for their
+    Hamming loss (λ = 20, B = 70); with the layer's max-abs normalisation that is the step
+    ε = −λ/B (towards the better path). The loss-perturbed costs are clipped at 0 because
+    the solver needs costs ≥ 0.
+    """
+    layer = tf_perturbed.DirectLossGradient(
+        "shortest_path",
+        epsilon=-abs(args.blackbox_lambda) / args.batch_size,
+        min_perturbed_value=0.0,
+        name="shortest_path",
+    )
+    return keras.Model(cost_model.input, layer(cost_model.output), name="warcraft_blackbox")
+
+
+def normalize_costs(costs):
+    """Divides every map's costs `[B, g, g]` by their mean: each map's mean cost becomes 1.
+
+    The Fenchel-Young loss with multiplicative noise is 1-homogeneous, L(αc; y) = αL(c; y),
+    so without this it can fall by shrinking every cost instead of learning the terrains
+    (seen here: the training loss fell 100-fold while the paths stayed wrong). The shortest
+    path does not change when a map's costs are scaled, so predictions are unaffected.
+    """
+    return costs / (keras.ops.mean(costs, axis=(-2, -1), keepdims=True) + 1e-6)
+
+
+def _clipped_shortest_path(costs):
+    """The package's shortest path of max(costs, 0): `[..., g, g]` → mask `[..., g, g]`."""
+    return tf_perturbed.solvers.shortest_path(tf.maximum(costs, 0.0), neighbourhood=8)
+
+
+def build_method(method: str, cost_model: keras.Model, args):
+    """(model to train, loss, key of its target in a split) for one method."""
+    if method == "fenchel_young":
+        solver, extra = "shortest_path", {}
+        if args.perturbation == "additive":
+            # c + εZ can be negative, which the solver rejects: solve max(c + εZ, 0) instead.
+            solver, extra = _clipped_shortest_path, {"maximize": False}
+        loss = tf_perturbed.FenchelYoungLoss(
+            solver,
+            **extra,
+            num_samples=args.num_samples,
+            sigma=args.sigma,
+            perturbation=args.perturbation,
+            seed=args.seed,
+        )
+        model = cost_model
+        if args.normalize:
+            normalized = keras.layers.Lambda(normalize_costs, name="normalize")(cost_model.output)
+            model = keras.Model(cost_model.input, normalized, name="warcraft_normalized")
+        return model, loss, "paths"
+    if method == "squared":
+        return cost_model, keras.losses.MeanSquaredError(), "costs"
+    if method == "blackbox":
+        return _blackbox_model(cost_model, args), hamming_loss, "paths"
+    raise ValueError(f"Expected `method` in {METHODS}, received: method={method!r}")
+
+
+def learning_rate_schedule(epochs: int, base: float):
+    """The learning rate times 0.1 from epoch ⌊0.6·epochs⌋ and again from ⌊0.8·epochs⌋ (0-based).
+
+    With 50 epochs: 5e-4 for epochs 0–29, 5e-5 for 30–39, 5e-6 for 40–49. The first epoch
+    always keeps the base rate (a one-epoch run is not decayed from the start).
+    """
+    first, second = max(1, int(0.6 * epochs)), max(1, int(0.8 * epochs))
+
+    def schedule(epoch, _lr=None):
+        return base * (0.1 if epoch >= first else 1.0) * (0.1 if epoch >= second else 1.0)
+
+    return schedule
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class PathPredictor:
+    """Shortest paths `[N, g, g]` of a cost model's inference-mode costs, in fixed-size batches.
+
+    One `tf.function` per predictor, fed padded batches so that it is traced once: calling
+    `model.predict` from a callback inside `fit` cost about 20 s per call here (2 CPU
+    cores), this costs well under a second for 200 maps after the first call.
+    """
+
+    def __init__(self, cost_model: keras.Model, batch_size: int):
+        self.batch_size = batch_size
+        self._grid = cost_model.output.shape[1:]  # (g, g)
+        self._model = cost_model
+        self._costs = tf.function(self._inference_costs)
+
+    def _inference_costs(self, images):
+        return self._model(images, training=False)  # [batch_size, g, g]
+
+    def costs(self, images: np.ndarray) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0,) + tuple(self._grid), np.float32)
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            size = len(batch)
+            if size < self.batch_size:
+                batch = np.concatenate([batch, np.repeat(batch[-1:], self.batch_size - size, axis=0)])
+            chunks.append(self._costs(tf.constant(batch)).numpy()[:size])
+        return np.concatenate(chunks)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return warcraft_data.shortest_paths(self.costs(images))
+
+
+def path_metrics(pred_paths: np.ndarray, true_paths: np.ndarray, true_costs: np.ndarray) -> Dict[str, float]:
+    """perfect_path_accuracy, exact_match and cost_ratio of predicted paths, all `[N, g, g]`."""
+    pred_cost = np.sum(pred_paths * true_costs, axis=(1, 2), dtype=np.float64)
+    best_cost = np.sum(true_paths * true_costs, axis=(1, 2), dtype=np.float64)
+    ratio = pred_cost / best_cost
+    return {
+        "perfect_path_accuracy": float(
+            np.mean(np.abs(pred_cost - best_cost) <= RELATIVE_TOLERANCE * best_cost)
+        ),
+        "exact_match": float(np.mean(np.all(pred_paths == true_paths, axis=(1, 2)))),
+        "cost_ratio": float(np.mean(ratio)),
+    }
+
+
+class PathMetrics(keras.callbacks.Callback):
+    """Path metrics of the cost model on held-out maps at the end of every epoch."""
+
+    def __init__(self, predictor: PathPredictor, split: Dict[str, np.ndarray], verbose: int = 1):
+        super().__init__()
+        self.predictor = predictor
+        self.split = split
+        self.history: List[Dict[str, float]] = []
+        # Keras's progress bar (verbose 1) ends its line after the callbacks run.
+        self._prefix = "\n" if verbose == 1 else ""
+
+    def on_epoch_end(self, epoch, logs=None):
+        paths = self.predictor(self.split["images"])
+        metrics = path_metrics(paths, self.split["paths"], self.split["costs"])
+        self.history.append(metrics)
+        print(
+            f"{self._prefix}  val: perfect_path_accuracy={metrics['perfect_path_accuracy']:.3f} "
+            f"exact_match={metrics['exact_match']:.3f} cost_ratio={metrics['cost_ratio']:.4f}"
+        )
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_training(runs: Dict[str, dict], path: pathlib.Path) -> None:
+    """Training loss (relative to the first epoch) and validation path metrics per epoch."""
+    fig, axes = common.figure(1, 3, width=4.4, height=3.6)
+    common.plot_curves(axes[0, 0], {m: np.asarray(r["loss"]) / r["loss"][0] for m, r in runs.items()}, "loss")
+    axes[0, 0].set(title="training loss / first epoch", yscale="log")
+    for ax, key, title in (
+        (axes[0, 1], "perfect_path_accuracy", "val perfect path accuracy"),
+        (axes[0, 2], "cost_ratio", "val cost ratio to optimal"),
+    ):
+        common.plot_curves(ax, {m: [v[key] for v in r["val"]] for m, r in runs.items()}, key)
+        ax.set(title=title)
+    for ax in axes.ravel():
+        ax.legend()
+    common.save_figure(fig, path)
+
+
+def plot_paths(images, true_paths, pred_paths, title: str, path: pathlib.Path, num: int = 8) -> None:
+    """Test maps with the true path (white circles) and the predicted one (red crosses)."""
+    num = min(num, len(images))
+    cols = min(4, num)
+    fig, axes = common.figure(-(-num // cols), cols, width=3.0, height=3.1)
+    tile = images.shape[1] / true_paths.shape[1]
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k >= num:
+            continue
+        ax.imshow(images[k])
+        rows, cols_ = np.nonzero(true_paths[k])
+        ax.scatter((cols_ + 0.5) * tile, (rows + 0.5) * tile, s=40, facecolors="none", edgecolors="white")
+        rows, cols_ = np.nonzero(pred_paths[k])
+        ax.scatter((cols_ + 0.5) * tile, (rows + 0.5) * tile, s=14, c="red", marker="x")
+    fig.suptitle(f"{title}: true path (white circles), predicted path (red crosses)")
+    common.save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- serving
+
+# Run by a fresh Python process: it imports TensorFlow and NumPy only (not tf_perturbed, not
+# Keras), loads the SavedModel and asks it for the paths of the images in an .npz file.
+SERVE_SCRIPT = """
+import sys
+import numpy as np
+import tensorflow as tf
+
+export_dir, images_path, out_path = sys.argv[1:4]
+model = tf.saved_model.load(export_dir)
+images = np.load(images_path)["images"]  # uint8 [N, S, S, 3]
+paths = model.serve(tf.constant(images, tf.float32)).numpy()  # hard 0/1 masks [N, g, g]
+assert "tf_perturbed" not in sys.modules, "serving must not need tf_perturbed"
+np.save(out_path, paths)
+print("fresh process: path of test map 0 from the SavedModel (# = on the path)")
+for row in paths[0]:
+    print("  " + " ".join("#" if v > 0.5 else "." for v in row))
+"""
+
+
+def build_path_model(cost_model: keras.Model) -> keras.Model:
+    """Images `[B, S, S, 3]` (0–255) → hard shortest-path masks `[B, g, g]` at inference.
+
+    `tf_perturbed.PerturbedShortestPath` returns the unperturbed solver's path when called
+    with `training=False`, which is what `model.export` traces.
+    """
+    path = tf_perturbed.PerturbedShortestPath(num_samples=1, sigma=0.1, name="shortest_path")
+    return keras.Model(cost_model.input, path(cost_model.output), name="warcraft_paths")
+
+
+def export_and_serve(cost_model: keras.Model, images: np.ndarray, export_dir: pathlib.Path) -> dict:
+    """Exports image → path as a SavedModel, reloads it in a fresh process and asks for paths.
+
+    Returns a dict with the export folder, the number of maps served and whether the served
+    paths `[N, g, g]` equal those of the in-process model.
+    """
+    path_model = build_path_model(cost_model)
+    expected = path_model.predict(images.astype(np.float32), verbose=0)  # [N, g, g]
+    path_model.export(str(export_dir), format="tf_saved_model", verbose=False)
+    images_path, out_path = export_dir / "serve_images.npz", export_dir / "served_paths.npy"
+    np.savez(images_path, images=images)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE_SCRIPT, str(export_dir), str(images_path), str(out_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    print(result.stdout, end="")
+    if result.returncode != 0:
+        raise RuntimeError(f"Expected the fresh serving process to succeed, received:\n{result.stderr[-2000:]}")
+    served = np.load(out_path)
+    agree = bool(np.array_equal(served, expected))
+    print(f"served paths equal the in-process model's: {agree} ({len(images)} test maps)")
+    return {"export_dir": export_dir, "served_maps": len(images), "served_equal_in_process": agree}
+
+
+# ----------------------------------------------------------------------------- main
+
+# Quick mode trades the paper's protocol for time: 100 steps of batch 70 at a 4× larger
+# learning rate (chosen on the validation split, see tutorials/README.md).
+QUICK = {"num_train": 1400, "num_val": 200, "num_test": 200, "epochs": 5, "learning_rate": 2e-3}
+FULL = {"num_train": 10000, "num_val": 1000, "num_test": 1000, "epochs": 50, "learning_rate": 5e-4}
+
+
+def _add_arguments(parser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        default=None,
+        help="cache of generated maps (default OUTPUT_DIR/data/warcraft)",
+    )
+    parser.add_argument(
+        "--original-dir", type=pathlib.Path, default=None, help="the original {split}_maps.npy, …"
+    )
+    parser.add_argument("--grid-size", type=int, default=12, help="vertices per side: 12, 18, 24 or 30")
+    parser.add_argument("--num-train", type=int, default=None, help="default 10,000 (1,400 with --quick)")
+    parser.add_argument("--num-val", type=int, default=None, help="default 1,000 (200 with --quick)")
+    parser.add_argument("--num-test", type=int, default=None, help="default 1,000 (200 with --quick)")
+    parser.add_argument("--epochs", type=int, default=None, help="default 50 (5 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=70)
+    parser.add_argument("--learning-rate", type=float, default=None, help="Adam; default 5e-4 (2e-3 with --quick)")
+    parser.add_argument("--num-samples", type=int, default=3, help="M, Fenchel-Young noise draws")
+    parser.add_argument("--sigma", type=float, default=0.1, help="ε, Fenchel-Young noise scale")
+    parser.add_argument("--perturbation", default="multiplicative", choices=("additive", "multiplicative"))
+    parser.add_argument(
+        "--blackbox-lambda", type=float, default=20.0, help="λ of Vlastelica et al.; the step is ε = −λ/batch"
+    )
+    parser.add_argument(
+        "--normalize",
+        type=int,
+        default=1,
+        choices=(0, 1),
+        help="Fenchel-Young: divide each map's costs by their mean (1, default) or not (0)",
+    )
+    parser.add_argument("--reduction", default="conv", choices=REDUCTIONS, help="channels → vertex cost")
+    parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export and serving")
+    parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
+
+
+def parse_args(argv: Optional[List[str]] = None):
+    args = common.parse_args(
+        "warcraft",
+        argv,
+        METHODS,
+        description=__doc__.split("\n")[0],
+        default_methods=DEFAULT_METHODS,
+        add_arguments=_add_arguments,
+        presets=(QUICK, FULL),
+    )
+    return args
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of each training epoch (put it before slower callbacks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: List[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def run_method(method: str, data: dict, args) -> dict:
+    """Trains one method and returns its metrics row, loss curve and validation curves."""
+    keras.utils.set_random_seed(args.seed)
+    train, val, test = data["train"], data["val"], data["test"]
+    image_size, grid_size = train["images"].shape[1], train["costs"].shape[1]
+    cost_model = build_cost_model(image_size, grid_size, args.reduction)
+    model, loss, target = build_method(method, cost_model, args)
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss, jit_compile=args.jit_compile
+    )
+    predictor = PathPredictor(cost_model, args.batch_size)
+    timer, path_callback = _EpochTimer(), PathMetrics(predictor, val, args.verbose)
+    print(f"\n=== {method}: {len(train['images'])} training maps, {args.epochs} epochs ===")
+    start = time.perf_counter()
+    history = model.fit(
+        train["images"],
+        train[target],
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        shuffle=True,
+        callbacks=[
+            keras.callbacks.LearningRateScheduler(learning_rate_schedule(args.epochs, args.learning_rate)),
+            timer,  # before PathMetrics: times the training epoch only
+            path_callback,
+        ],
+        verbose=args.verbose,
+    )
+    train_seconds = time.perf_counter() - start
+    pred_paths = predictor(test["images"])
+    row = {"method": method, **path_metrics(pred_paths, test["paths"], test["costs"])}
+    if method == "fenchel_young":
+        row.update(
+            sigma=args.sigma, num_samples=args.num_samples, perturbation=args.perturbation, normalize=args.normalize
+        )
+    if method == "blackbox":
+        row.update(blackbox_lambda=args.blackbox_lambda, epsilon=-abs(args.blackbox_lambda) / args.batch_size)
+    row.update(
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        num_train=len(train["images"]),
+        num_test=len(test["images"]),
+        seconds_per_epoch=float(np.mean(timer.seconds)),
+        train_seconds=train_seconds,
+        final_loss=float(history.history["loss"][-1]),
+    )
+    plot_paths(test["images"], test["paths"], pred_paths, method, args.output_dir / f"paths_{method}.png")
+    return {"row": row, "loss": history.history["loss"], "val": path_callback.history, "model": cost_model}
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    args = parse_args(argv)
+    timer = common.Timer()
+    data_dir = args.data_dir or args.output_dir / "data" / "warcraft"
+    data = warcraft_data.load_warcraft(
+        args.grid_size, args.num_train, args.num_val, args.num_test, args.seed, data_dir, args.original_dir
+    )
+    data_seconds = timer()
+    sizes = ", ".join(f"{split} {len(arrays['images'])}" for split, arrays in data.items())
+    print(f"data: {sizes} maps ({data_seconds:.1f} s)")
+    runs = {method: run_method(method, data, args) for method in args.methods}
+    plot_training(runs, args.output_dir / "curves.png")
+    rows = [run["row"] for run in runs.values()]
+    print("\ntest metrics:")
+    common.print_table(
+        rows, ["method", "perfect_path_accuracy", "exact_match", "cost_ratio", "seconds_per_epoch"]
+    )
+    serving = {}
+    if not args.no_export:
+        # The first method's model is exported (Fenchel-Young in `make demo`).
+        method = args.methods[0]
+        print(f"\nexporting the {method} model (image → path) and serving it from a fresh process:")
+        serving = export_and_serve(
+            runs[method]["model"], data["test"]["images"][:8], args.output_dir / f"saved_model_{method}"
+        )
+        serving["method"] = method
+    source = (
+        "original" if args.original_dir else f"generated (warcraft_data v{warcraft_data.GENERATOR_VERSION})"
+    )
+    return common.write_metrics(
+        args.output_dir,
+        rows,
+        args.command,
+        timer(),
+        data_source=source,
+        data_seconds=data_seconds,
+        grid_size=args.grid_size,
+        curves={m: {"loss": run["loss"], "val": run["val"]} for m, run in runs.items()},
+        serving=serving,
+        figures=["curves.png"] + [f"paths_{m}.png" for m in runs],
+    )
+
+
+if __name__ == "__main__":
+    main()
