@@ -310,6 +310,33 @@ def _solve(scores: tf.Tensor) -> tf.Tensor:
     return _augment(scores, v, col4row, row4col)
 
 
+# Batches of at least this many matrices are solved in two halves (see `_solve_batch`).
+_SPLIT_BATCH = 64
+
+
+@tf.function(autograph=False)
+def _solve_in_halves(matrices: tf.Tensor) -> tf.Tensor:
+    """`_solve` on each half of a batch with a static size: two XLA programs, run concurrently."""
+    half = matrices.shape[0] // 2
+    return tf.concat([_solve(matrices[:half]), _solve(matrices[half:])], 0)  # [B, n]
+
+
+def _solve_batch(matrices: tf.Tensor) -> tf.Tensor:
+    """Column of each row, `[B, n, n]` → int32 `[B, n]`, for a batch of finite matrices.
+
+    A batch waits for its slowest matrix, one sequential search step after another,
+    on one core. Two independent halves let the TensorFlow executor run the two
+    compiled loops at once, on two cores (on an idle 2-core CPU, n = 50, B = 256:
+    about 1.5× faster than one call); inside an outer `jit_compile=True` function
+    the halves run one after the other, at about the cost of one call. Each matrix
+    gets the same matching either way.
+    """
+    batch = matrices.shape[0]
+    if batch is None or batch < _SPLIT_BATCH:
+        return _solve(matrices)
+    return _solve_in_halves(matrices)
+
+
 def assignment(scores: tf.Tensor) -> tf.Tensor:
     """Permutation matrix maximising ⟨P, S⟩: the linear assignment problem, solved exactly.
 
@@ -369,7 +396,7 @@ def assignment(scores: tf.Tensor) -> tf.Tensor:
     # Invalid matrices (reachable only under XLA, which drops the assertion) are solved
     # as zeros, and their outputs become NaN.
     matrices = tf.where(valid[:, None, None], matrices, tf.zeros_like(matrices))
-    col4row = _solve(matrices)  # [B, n]
+    col4row = _solve_batch(matrices)  # [B, n]
     perm = tf.one_hot(col4row, n, dtype=dtype)  # [B, n, n]
     perm = tf.where(valid[:, None, None], perm, tf.constant(float("nan"), dtype))
     return tf.reshape(perm, shape)  # [..., n, n]
