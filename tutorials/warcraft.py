@@ -172,20 +172,14 @@ def normalize_costs(costs):
     return costs / (keras.ops.mean(costs, axis=(-2, -1), keepdims=True) + 1e-6)
 
 
-def _clipped_shortest_path(costs):
-    """The package's shortest path of max(costs, 0): `[..., g, g]` → mask `[..., g, g]`."""
-    return tf_perturbed.solvers.shortest_path(tf.maximum(costs, 0.0), neighbourhood=8)
-
-
 def build_method(method: str, cost_model: keras.Model, args):
     """(model to train, loss, key of its target in a split) for one method."""
     if method == "fenchel_young":
-        solver, extra = "shortest_path", {}
-        if args.perturbation == "additive":
-            # c + εZ can be negative, which the solver rejects: solve max(c + εZ, 0) instead.
-            solver, extra = _clipped_shortest_path, {"maximize": False}
+        # c + εZ can be negative, which the solver rejects: with additive noise it solves
+        # max(c + εZ, 0) instead (the registered solver's `clip_negative`).
+        extra = {"clip_negative": True} if args.perturbation == "additive" else {}
         loss = tf_perturbed.FenchelYoungLoss(
-            solver,
+            "shortest_path",
             **extra,
             num_samples=args.num_samples,
             sigma=args.sigma,
