@@ -89,7 +89,11 @@ def time_once(fn: Callable[[], object]) -> float:
 
 
 def interleaved_times(
-    candidates: Mapping[str, Callable[[], object]], rounds: int, repeats: int = 1, warmup: int = 1
+    candidates: Mapping[str, Callable[[], object]],
+    rounds: int,
+    repeats: int = 1,
+    warmup: int = 1,
+    cpu_times: Optional[Dict[str, List[float]]] = None,
 ) -> Dict[str, List[float]]:
     """Times each candidate in `rounds` rounds of `repeats` calls, alternating candidates.
 
@@ -98,17 +102,25 @@ def interleaved_times(
       rounds: how many times the candidates take turns.
       repeats: calls per candidate per turn.
       warmup: untimed calls per candidate before the first round (compilation).
+      cpu_times: None, or a dict that receives name → the process's CPU time of
+        each call (all threads), which other jobs on the machine distort less.
 
     Returns:
-      name → the `rounds · repeats` call times in seconds.
+      name → the `rounds · repeats` wall-clock call times in seconds.
     """
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     times: Dict[str, List[float]] = {name: [] for name in candidates}
+    if cpu_times is not None:
+        cpu_times.update({name: [] for name in candidates})
     for _ in range(rounds):
         for name, fn in candidates.items():
-            times[name].extend(time_once(fn) for _ in range(repeats))
+            for _ in range(repeats):
+                start_cpu = time.process_time()
+                times[name].append(time_once(fn))
+                if cpu_times is not None:
+                    cpu_times[name].append(time.process_time() - start_cpu)
     return times
 
 

@@ -113,22 +113,6 @@ def make_problem(solver: str, size: int, batch: int):
     )
 
 
-def interleaved_wall_and_cpu(candidates: dict, rounds: int):
-    """Like `common.interleaved_times` (one warm-up call, then A B C A B C …), recording
-    each call's wall-clock time and this process's CPU time (all its threads)."""
-    for fn in candidates.values():
-        fn()
-    wall = {name: [] for name in candidates}
-    cpu = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            start_wall, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append(time.perf_counter() - start_wall)
-            cpu[name].append(time.process_time() - start_cpu)
-    return wall, cpu
-
-
 def time_problem(solver: str, size: int, batch: int, rounds: int) -> dict:
     """Checks one problem against SciPy, then times the three candidates."""
     inputs, reference, ours = make_problem(solver, size, batch)
@@ -147,13 +131,15 @@ def time_problem(solver: str, size: int, batch: int, rounds: int) -> dict:
     for name, fn in candidates.items():
         got = np.sum(fn(tensor).numpy() * inputs, axis=(1, 2), dtype=np.float64)
         np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=f"{solver} {name}")
-    wall, cpu = interleaved_wall_and_cpu(
+    cpu = {}
+    wall = common.interleaved_times(
         {
             "scipy": lambda: reference(inputs),
             "graph": lambda: candidates["graph"](tensor).numpy(),
             "xla": lambda: candidates["xla"](tensor).numpy(),
         },
         rounds=rounds,
+        cpu_times=cpu,
     )
     summary = {name: common.summarize(values) for name, values in wall.items()}
     cpu_summary = {name: common.summarize(values) for name, values in cpu.items()}
