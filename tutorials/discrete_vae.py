@@ -119,9 +119,8 @@ def bernoulli_nll(x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 
 
 def gumbel_max(theta: tf.Tensor, gumbel: tf.Tensor) -> tf.Tensor:
-    """one_hot(argmax_k(θ + γ)), `[..., N, K]`, no gradient."""
-    k = tf.shape(theta)[-1]
-    return tf.one_hot(tf.argmax(tf.stop_gradient(theta + gumbel), axis=-1), k, dtype=theta.dtype)
+    """one_hot(argmax_k(θ + γ)), `[..., N, K]`, no gradient (the package's argmax solver)."""
+    return tf_perturbed.solvers.argmax(tf.stop_gradient(theta + gumbel))
 
 
 def gumbel_softmax(theta: tf.Tensor, gumbel: tf.Tensor, tau, straight_through: bool = False) -> tf.Tensor:
