@@ -17,7 +17,7 @@ import scipy.sparse
 import tensorflow as tf
 from scipy.sparse.csgraph import dijkstra
 
-from tf_perturbed._src.solvers.shortest_path import shortest_path
+from tf_perturbed._src.solvers.shortest_path import _SPLIT_BATCH, shortest_path
 
 KING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 ROOK = ((-1, 0), (0, -1), (0, 1), (1, 0))
@@ -180,6 +180,17 @@ def test_dynamic_shapes_in_graph_mode():
     )
     costs = _grids(300, 30, 21, seed=5)
     np.testing.assert_array_equal(solve(costs), shortest_path(costs, neighbourhood=4))
+
+
+def test_large_batches_split_in_halves_give_the_same_paths():
+    # An odd batch at the split size is solved in two unequal halves; grids solved in
+    # small batches (one compiled program each) must get the very same masks.
+    batch = _SPLIT_BATCH + 1
+    costs = _grids(batch, 12, 12, seed=13)
+    whole = _GRAPH(costs).numpy()
+    parts = np.concatenate([shortest_path(costs[i : i + 43]).numpy() for i in range(0, batch, 43)])
+    np.testing.assert_array_equal(whole, parts)
+    _check_paths(whole, costs, 8)
 
 
 @pytest.mark.parametrize(

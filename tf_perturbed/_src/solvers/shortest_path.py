@@ -4,8 +4,10 @@ The solver is batched min-plus dynamic programming in TensorFlow ops, so it runs
 inside `tf.function` and compiles with XLA:
 
 1. Bellman-Ford relaxation of the whole distance map at once, with shifted copies
-   of the grid, inside a `tf.while_loop` that stops when nothing changes (at most
-   H·W rounds, since a path visits at most H·W vertices).
+   of the grid (for king moves, a 3 × 3 box minimum taken over rows then columns),
+   inside a `tf.while_loop` that stops when nothing changes (at most H·W rounds,
+   since a path visits at most H·W vertices). Batches of 128 grids or more are
+   solved in two halves, which the TensorFlow executor runs on two cores.
 2. Plateau depths `h`: a vertex whose distance equals its closest neighbour's
    (zero or negligible cost) gets `h` = the number of such equal-distance steps to
    a vertex with a strictly closer neighbour (usually no vertex needs any).
@@ -59,6 +61,18 @@ def _neighbour_min(grid: tf.Tensor, moves: Moves) -> tf.Tensor:
     return best  # [H, W, B]
 
 
+def _box_min(grid: tf.Tensor) -> tf.Tensor:
+    """Smallest value in each vertex's 3 × 3 box (itself and its 8 neighbours), +inf outside.
+
+    Computed as a minimum over rows then over columns: 4 minima instead of 8.
+    """
+    inf = tf.constant(float("inf"), grid.dtype)
+    padded = tf.pad(grid, [[0, 0], [1, 1], [0, 0]], constant_values=inf)  # [H, W+2, B]
+    rows = tf.minimum(tf.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])  # [H, W, B]
+    padded = tf.pad(rows, [[1, 1], [0, 0], [0, 0]], constant_values=inf)  # [H+2, W, B]
+    return tf.minimum(tf.minimum(padded[:-2], padded[1:-1]), padded[2:])  # [H, W, B]
+
+
 def _distances(costs: tf.Tensor, moves: Moves) -> tf.Tensor:
     """Bellman-Ford: cost of the cheapest path from (0, 0) to every vertex, ends included.
 
@@ -73,9 +87,17 @@ def _distances(costs: tf.Tensor, moves: Moves) -> tf.Tensor:
     source = tf.reshape(tf.range(h * w) == 0, [h, w, 1])  # [H, W, 1]
     dist = tf.where(source, costs, tf.constant(float("inf"), costs.dtype))  # [H, W, B]
 
+    if tuple(moves) == _KING_MOVES:
+        # The box includes the vertex itself, which changes nothing: dist + cost ≥ dist
+        # for a cost ≥ 0, and rounding is monotone, so min(dist, candidate) and the test
+        # `candidate < dist` are the same as with the 8 neighbours alone (about 25 % faster).
+        smallest_around = _box_min
+    else:
+        smallest_around = lambda grid: _neighbour_min(grid, moves)  # noqa: E731
+
     def relax(dist, changed):
         del changed
-        candidate = _neighbour_min(dist, moves) + costs
+        candidate = smallest_around(dist) + costs
         return tf.minimum(dist, candidate), tf.reduce_any(candidate < dist)
 
     dist, _ = tf.while_loop(
@@ -178,6 +200,31 @@ def _solve(grids: tf.Tensor, moves: Moves) -> tf.Tensor:
     return _backtrack(previous, moves, grids.dtype)  # [B, H, W]
 
 
+# Batches of at least this many grids are solved in two halves (see `_solve_batch`).
+_SPLIT_BATCH = 128
+
+
+@tf.function(autograph=False)
+def _solve_in_halves(grids: tf.Tensor, moves: Moves) -> tf.Tensor:
+    """`_solve` on each half of a batch with a static size: two XLA programs, run concurrently."""
+    half = grids.shape[0] // 2
+    return tf.concat([_solve(grids[:half], moves), _solve(grids[half:], moves)], 0)  # [B, H, W]
+
+
+def _solve_batch(grids: tf.Tensor, moves: Moves) -> tf.Tensor:
+    """`_solve`, in two halves for large batches of a static size.
+
+    The relaxation rounds are element-wise work over the whole batch, which one compiled
+    program runs on one core; the TensorFlow executor runs two independent halves on two
+    cores at once. Inside an outer `jit_compile=True` function the halves run one after
+    the other, at about the cost of one call. Every grid gets the same path either way.
+    """
+    batch = grids.shape[0]
+    if batch is None or batch < _SPLIT_BATCH:
+        return _solve(grids, moves)
+    return _solve_in_halves(grids, moves)
+
+
 def shortest_path(costs: tf.Tensor, neighbourhood: int = 8) -> tf.Tensor:
     """Mask of a minimum-cost path from the top-left to the bottom-right vertex of a grid.
 
@@ -246,6 +293,6 @@ def shortest_path(costs: tf.Tensor, neighbourhood: int = 8) -> tf.Tensor:
     grids = tf.where(valid[:, None, None], grids, tf.zeros_like(grids))
     # No gradient flows through a solver; stop_gradient also keeps tapes from recording
     # the compiled loop (whose TensorLists cannot cross the XLA boundary).
-    mask = _solve(tf.stop_gradient(grids), moves)  # [B, H, W]
+    mask = _solve_batch(tf.stop_gradient(grids), moves)  # [B, H, W]
     mask = tf.where(valid[:, None, None], mask, tf.constant(float("nan"), mask.dtype))
     return tf.cast(tf.reshape(mask, shape), dtype)  # [..., H, W]
