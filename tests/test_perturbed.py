@@ -187,6 +187,22 @@ def test_multiplicative_gradient_matches_finite_differences_with_common_random_n
     np.testing.assert_array_less(np.abs(diff.mean(0)), Z_SCORE * stderr)
 
 
+def test_multiplicative_fenchel_young_loss_is_one_homogeneous():
+    # θ' = θ ⊙ exp(εZ − ε²/2): scaling θ by a power of two scales every perturbed cost,
+    # the perturbed minimum and ⟨θ, y⟩ exactly, with the same noise (same seed).
+    rng = np.random.default_rng(4)
+    costs = tf.constant(rng.uniform(0.5, 5.0, (6, 5, 5)), tf.float64)
+    paths = tp.solvers.shortest_path(tf.constant(rng.uniform(0.5, 5.0, (6, 5, 5)), tf.float64))
+
+    def loss(c):
+        return tp.fenchel_young_loss(paths, c, "shortest_path", num_samples=7, sigma=0.5, seed=3).numpy()
+
+    base = loss(costs)
+    assert np.all(base > 0.0)  # the labels are not the solutions of these costs
+    for alpha in (0.25, 8.0):
+        np.testing.assert_allclose(loss(alpha * costs), alpha * base, rtol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float64, tf.float16, tf.bfloat16])
 def test_uniform_noise_stays_open_at_the_extreme_bit_patterns(dtype):
     # All-zero and all-one philox words are the two ends of the bit range: the centre

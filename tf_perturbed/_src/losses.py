@@ -19,6 +19,12 @@ class FenchelYoungLoss(keras.losses.Loss):
 
     The value is the real loss up to the constant εΩ(y), never a stand-in.
 
+    With multiplicative noise θ' = θ ⊙ exp(εZ − ε²/2) the loss is 1-homogeneous,
+    L(αθ; y) = αL(θ; y) for α > 0, while y*(αθ) = y*(θ): a model can lower it by
+    shrinking all its scores towards 0 without changing a single solution. Fix the
+    scale of the scores, e.g. divide each example's costs by their mean (the Warcraft
+    tutorial's `normalize_costs`), or use additive noise.
+
     Args:
       solver: a registered name: `"argmax"`, `"top_k"` (with `k=`), `"ranks"`,
         `"shortest_path"`, `"assignment"`, … (or a callable, which cannot be saved).
