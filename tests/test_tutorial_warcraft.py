@@ -26,21 +26,25 @@ METRIC_KEYS = {"perfect_path_accuracy", "exact_match", "cost_ratio"}
 def test_main_tiny_run_writes_metrics_figures_and_serves(tmp_path):
     argv = [
         "--output-dir", str(tmp_path),
-        "--methods", "fenchel_young,squared,blackbox",
+        "--methods", "fenchel_young,squared,blackbox,terrain_classifier",
         "--num-train", "14", "--num-val", "7", "--num-test", "7",
         "--epochs", "1", "--batch-size", "7", "--verbose", "0",
     ]  # fmt: skip
     warcraft.main(argv)
     payload = json.loads((tmp_path / "metrics.json").read_text())
     assert {"results", "command", "versions", "seconds", "serving", "curves"} <= set(payload)
-    assert [row["method"] for row in payload["results"]] == ["fenchel_young", "squared", "blackbox"]
+    methods = ["fenchel_young", "squared", "blackbox", "terrain_classifier"]
+    assert [row["method"] for row in payload["results"]] == methods
     for row in payload["results"]:
         assert METRIC_KEYS <= set(row)
         assert 0.0 <= row["perfect_path_accuracy"] <= 1.0 and 0.0 <= row["exact_match"] <= 1.0
         # A path of the predicted costs can never beat the optimal path under the true costs.
         assert row["cost_ratio"] >= 1.0 - 1e-6
         assert np.isfinite(row["final_loss"]) and row["num_train"] == 14 and row["epochs"] == 1
-    for name in ("curves.png", "paths_fenchel_young.png", "paths_squared.png", "paths_blackbox.png"):
+        assert set(row["cost_by_terrain"]) <= set(warcraft_data.TERRAIN_NAMES)
+        for spread in row["cost_by_terrain"].values():
+            assert 0.0 <= spread["p5"] <= spread["p95"] and spread["true"] > 0.0
+    for name in ["curves.png"] + [f"paths_{method}.png" for method in methods]:
         assert (tmp_path / name).stat().st_size > 1000
     assert payload["serving"]["method"] == "fenchel_young"
     assert payload["serving"]["served_equal_in_process"] is True
@@ -64,6 +68,37 @@ def test_fenchel_young_loss_falls_on_a_few_maps(tmp_path):
     # 10 maps must still cut it well below its start: the mean of the last four steps under
     # half the mean of the first four (in one run: about 1 % of it).
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
+
+
+def test_terrain_classes_and_the_classifier_costs():
+    costs = np.array([[[0.8, 9.2], [5.3, 1.2]], [[7.7, 0.8], [0.8, 0.8]]], np.float32)
+    np.testing.assert_array_equal(warcraft.terrain_classes(costs), [[[0, 4], [2, 1]], [[3, 0], [0, 0]]])
+    with pytest.raises(ValueError, match="terrain costs.*received: a cost of 2.5"):
+        warcraft.terrain_classes(np.array([[[0.8, 2.5]]], np.float32))
+    classifier, cost_model = warcraft.build_terrain_classifier(warcraft.build_cost_model(16, 2))
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype(np.float32)
+    logits = classifier(images).numpy()  # [3, 2, 2, 5]
+    assert logits.shape == (3, 2, 2, 5)
+    # The costs model reads the same network: the cost of each vertex's most likely terrain.
+    expected = warcraft_data.TERRAIN_COSTS[np.argmax(logits, axis=-1)]
+    np.testing.assert_array_equal(cost_model(images).numpy(), expected)
+
+
+def test_cost_by_terrain_by_hand():
+    true = np.array([[[0.8, 9.2], [0.8, 5.3]]], np.float32)  # mean 4.025
+    # Twice the true costs: the same after dividing by the map's mean.
+    spread = warcraft.cost_by_terrain(2.0 * true, true)
+    assert set(spread) == {"grass", "forest", "water"}
+    for name, cost in (("grass", 0.8), ("forest", 5.3), ("water", 9.2)):
+        for key in ("true", "mean", "p5", "p95"):
+            assert spread[name][key] == pytest.approx(cost / 4.025, rel=1e-6), (name, key)
+    # Grass read as 0.8 once and 2.0 once: mean 1.4, percentiles 5 % and 95 % of the way.
+    pred = np.array([[[0.8, 9.2], [2.0, 5.3]]], np.float32)  # mean 4.325
+    grass = warcraft.cost_by_terrain(pred, true)["grass"]
+    assert grass["mean"] == pytest.approx(1.4 / 4.325, rel=1e-6)
+    assert grass["p5"] == pytest.approx((0.8 + 0.05 * 1.2) / 4.325, rel=1e-6)
+    assert grass["p95"] == pytest.approx((0.8 + 0.95 * 1.2) / 4.325, rel=1e-6)
+    assert warcraft.cost_by_terrain(true, np.full_like(true, 2.5)) is None  # not terrain costs
 
 
 def test_path_metrics_by_hand():

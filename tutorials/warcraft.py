@@ -28,6 +28,11 @@ Methods (`--methods`, the `method` key of each metrics row; default: all three):
                  al. with their λ = 20 at batch B = 70, i.e. ε = −20/70 ≈ −0.286 (the layer
                  normalises the loss gradient by its largest entry, so ε is the largest move
                  of a cost, as λ/B is in their batch-mean Hamming loss).
+  terrain_classifier  (not run by default) a reference, not a method of the paper: the
+                 same network with five outputs per vertex, trained by cross-entropy on
+                 the hidden terrain type of every vertex; its costs are those of the
+                 predicted terrains. It shows how well the network can read the tiles
+                 when every vertex is labelled, which the path-supervised methods are not.
 
 Training (`model.fit`): Adam, batches of 70, the learning rate multiplied by 0.1 at 60 % and
 80 % of the epochs; learning rate 5e-4 as in the paper, 2e-3 with `--quick`. Metrics on the
@@ -70,8 +75,8 @@ import warcraft_data  # noqa: E402  (tutorials/warcraft_data.py: the maps)
 
 import tf_perturbed  # noqa: E402
 
-METHODS = ("fenchel_young", "squared", "blackbox")
-DEFAULT_METHODS = METHODS
+METHODS = ("fenchel_young", "squared", "blackbox", "terrain_classifier")
+DEFAULT_METHODS = ("fenchel_young", "squared", "blackbox")
 RELATIVE_TOLERANCE = 1e-5
 # PyTorch's batch-norm momentum 0.1 (the original ResNet18) is Keras's 0.9. Keras's default
 # 0.99 leaves the moving statistics far from the batch ones after a short training run.
@@ -195,7 +200,40 @@ def build_method(method: str, cost_model: keras.Model, args):
         return cost_model, keras.losses.MeanSquaredError(), "costs"
     if method == "blackbox":
         return _blackbox_model(cost_model, args), hamming_loss, "paths"
-    raise ValueError(f"Expected `method` in {METHODS}, received: method={method!r}")
+    raise ValueError(
+        f"Expected `method` in {DEFAULT_METHODS} (the terrain classifier has its own builder, "
+        f"`build_terrain_classifier`), received: method={method!r}"
+    )
+
+
+def terrain_classes(costs: np.ndarray) -> np.ndarray:
+    """Terrain type (0–4, in `warcraft_data.TERRAIN_COSTS` order) of each vertex cost `[N, g, g]`."""
+    costs = np.asarray(costs, np.float32)
+    distance = np.abs(costs[..., None] - warcraft_data.TERRAIN_COSTS)  # [N, g, g, 5]
+    classes = np.argmin(distance, axis=-1)
+    if costs.size and np.max(np.min(distance, axis=-1)) > 1e-4:
+        raise ValueError(
+            "Expected vertex costs among the five terrain costs "
+            f"{warcraft_data.TERRAIN_COSTS.tolist()} for the terrain classifier, received: a cost "
+            f"of {float(costs.ravel()[np.argmax(np.min(distance, axis=-1))])}"
+        )
+    return classes.astype(np.int32)
+
+
+def build_terrain_classifier(cost_model: keras.Model):
+    """(model images → terrain logits `[B, g, g, 5]`, model images → costs of the argmax terrain).
+
+    Shares the cost model's network up to the pool onto the grid; a 1×1 convolution
+    gives five logits per vertex instead of one cost.
+    """
+    features = cost_model.get_layer("grid_pool").output  # [B, g, g, 64]
+    logits = keras.layers.Conv2D(len(warcraft_data.TERRAIN_COSTS), 1, name="to_terrain")(features)
+    classifier = keras.Model(cost_model.input, logits, name="warcraft_terrain")
+    terrain_costs = keras.ops.convert_to_tensor(warcraft_data.TERRAIN_COSTS)
+    costs = keras.layers.Lambda(
+        lambda z: keras.ops.take(terrain_costs, keras.ops.argmax(z, axis=-1)), name="terrain_costs"
+    )(logits)  # [B, g, g]
+    return classifier, keras.Model(cost_model.input, costs, name="warcraft_terrain_costs")
 
 
 def learning_rate_schedule(epochs: int, base: float):
@@ -260,6 +298,35 @@ def path_metrics(pred_paths: np.ndarray, true_paths: np.ndarray, true_costs: np.
         "exact_match": float(np.mean(np.all(pred_paths == true_paths, axis=(1, 2)))),
         "cost_ratio": float(np.mean(ratio)),
     }
+
+
+def cost_by_terrain(pred_costs: np.ndarray, true_costs: np.ndarray) -> Optional[Dict[str, dict]]:
+    """How precisely each terrain's cost is predicted, costs `[N, g, g]` divided by their map's mean.
+
+    Paths do not change when a map's costs are scaled, so both are divided by their per-map
+    mean before they are compared. Returns, per terrain name, the true value and the mean,
+    5th and 95th percentiles of the predicted values on the vertices of that terrain; None
+    if the true costs are not the five terrain costs.
+    """
+    try:
+        classes = terrain_classes(true_costs)
+    except ValueError:
+        return None
+    pred = pred_costs / np.mean(pred_costs, axis=(1, 2), keepdims=True)
+    true = true_costs / np.mean(true_costs, axis=(1, 2), keepdims=True)
+    spread = {}
+    for k, name in enumerate(warcraft_data.TERRAIN_NAMES):
+        on = classes == k
+        if not np.any(on):
+            continue
+        p5, p95 = np.percentile(pred[on], [5, 95])
+        spread[name] = {
+            "true": float(np.mean(true[on])),
+            "mean": float(np.mean(pred[on])),
+            "p5": float(p5),
+            "p95": float(p95),
+        }
+    return spread
 
 
 class PathMetrics(keras.callbacks.Callback):
@@ -456,7 +523,12 @@ def run_method(method: str, data: dict, args) -> dict:
     train, val, test = data["train"], data["val"], data["test"]
     image_size, grid_size = train["images"].shape[1], train["costs"].shape[1]
     cost_model = build_cost_model(image_size, grid_size, args.reduction)
-    model, loss, target = build_method(method, cost_model, args)
+    if method == "terrain_classifier":
+        model, cost_model = build_terrain_classifier(cost_model)
+        loss, targets = keras.losses.SparseCategoricalCrossentropy(from_logits=True), terrain_classes(train["costs"])
+    else:
+        model, loss, target = build_method(method, cost_model, args)
+        targets = train[target]
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss, jit_compile=args.jit_compile
     )
@@ -466,7 +538,7 @@ def run_method(method: str, data: dict, args) -> dict:
     start = time.perf_counter()
     history = model.fit(
         train["images"],
-        train[target],
+        targets,
         batch_size=args.batch_size,
         epochs=args.epochs,
         shuffle=True,
@@ -478,8 +550,10 @@ def run_method(method: str, data: dict, args) -> dict:
         verbose=args.verbose,
     )
     train_seconds = time.perf_counter() - start
-    pred_paths = predictor(test["images"])
+    pred_costs = predictor.costs(test["images"])  # [N, g, g]
+    pred_paths = warcraft_data.shortest_paths(pred_costs)
     row = {"method": method, **path_metrics(pred_paths, test["paths"], test["costs"])}
+    row["cost_by_terrain"] = cost_by_terrain(pred_costs, test["costs"])
     if method == "fenchel_young":
         row.update(
             sigma=args.sigma, num_samples=args.num_samples, perturbation=args.perturbation, normalize=args.normalize
@@ -517,6 +591,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
     common.print_table(
         rows, ["method", "perfect_path_accuracy", "exact_match", "cost_ratio", "seconds_per_epoch"]
     )
+    for row in rows:
+        if row["cost_by_terrain"]:
+            spread = ", ".join(
+                f"{name} {v['true']:.2f}: {v['mean']:.2f} [{v['p5']:.2f}, {v['p95']:.2f}]"
+                for name, v in row["cost_by_terrain"].items()
+            )
+            print(f"{row['method']} cost / map mean, true: predicted mean [5th, 95th percentile]: {spread}")
     serving = {}
     if not args.no_export:
         # The first method's model is exported (Fenchel-Young in `make demo`).
