@@ -27,7 +27,7 @@ many small steps is about 30× slower in the TensorFlow executor.
 
 import tensorflow as tf
 
-from tf_perturbed._src.solvers import _checks
+from tf_perturbed._src.solvers import _checks, _halves
 
 _INF = float("inf")
 
@@ -310,31 +310,11 @@ def _solve(scores: tf.Tensor) -> tf.Tensor:
     return _augment(scores, v, col4row, row4col)
 
 
-# Batches of at least this many matrices are solved in two halves (see `_solve_batch`).
+# Batches of at least this many matrices are solved in two halves: a batch waits for its
+# slowest matrix, one sequential search step after another, on one core; two halves run
+# on two cores (on an idle 2-core CPU, n = 50, B = 256: about 1.5× faster than one call).
 _SPLIT_BATCH = 64
-
-
-@tf.function(autograph=False)
-def _solve_in_halves(matrices: tf.Tensor) -> tf.Tensor:
-    """`_solve` on each half of a batch with a static size: two XLA programs, run concurrently."""
-    half = matrices.shape[0] // 2
-    return tf.concat([_solve(matrices[:half]), _solve(matrices[half:])], 0)  # [B, n]
-
-
-def _solve_batch(matrices: tf.Tensor) -> tf.Tensor:
-    """Column of each row, `[B, n, n]` → int32 `[B, n]`, for a batch of finite matrices.
-
-    A batch waits for its slowest matrix, one sequential search step after another,
-    on one core. Two independent halves let the TensorFlow executor run the two
-    compiled loops at once, on two cores (on an idle 2-core CPU, n = 50, B = 256:
-    about 1.5× faster than one call); inside an outer `jit_compile=True` function
-    the halves run one after the other, at about the cost of one call. Each matrix
-    gets the same matching either way.
-    """
-    batch = matrices.shape[0]
-    if batch is None or batch < _SPLIT_BATCH:
-        return _solve(matrices)
-    return _solve_in_halves(matrices)
+_solve_batch = _halves.in_two_halves(_solve, _SPLIT_BATCH)  # [B, n, n] → int32 [B, n]
 
 
 def assignment(scores: tf.Tensor) -> tf.Tensor:

@@ -27,7 +27,7 @@ from typing import Sequence, Tuple
 
 import tensorflow as tf
 
-from tf_perturbed._src.solvers import _checks
+from tf_perturbed._src.solvers import _checks, _halves
 
 # (dy, dx) offsets; their order breaks ties between equally good predecessors.
 _KING_MOVES = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -200,29 +200,10 @@ def _solve(grids: tf.Tensor, moves: Moves) -> tf.Tensor:
     return _backtrack(previous, moves, grids.dtype)  # [B, H, W]
 
 
-# Batches of at least this many grids are solved in two halves (see `_solve_batch`).
+# Batches of at least this many grids are solved in two halves: the relaxation rounds are
+# element-wise work over the whole batch, which one compiled program runs on one core.
 _SPLIT_BATCH = 128
-
-
-@tf.function(autograph=False)
-def _solve_in_halves(grids: tf.Tensor, moves: Moves) -> tf.Tensor:
-    """`_solve` on each half of a batch with a static size: two XLA programs, run concurrently."""
-    half = grids.shape[0] // 2
-    return tf.concat([_solve(grids[:half], moves), _solve(grids[half:], moves)], 0)  # [B, H, W]
-
-
-def _solve_batch(grids: tf.Tensor, moves: Moves) -> tf.Tensor:
-    """`_solve`, in two halves for large batches of a static size.
-
-    The relaxation rounds are element-wise work over the whole batch, which one compiled
-    program runs on one core; the TensorFlow executor runs two independent halves on two
-    cores at once. Inside an outer `jit_compile=True` function the halves run one after
-    the other, at about the cost of one call. Every grid gets the same path either way.
-    """
-    batch = grids.shape[0]
-    if batch is None or batch < _SPLIT_BATCH:
-        return _solve(grids, moves)
-    return _solve_in_halves(grids, moves)
+_solve_batch = _halves.in_two_halves(_solve, _SPLIT_BATCH)  # [B, H, W], moves → [B, H, W]
 
 
 def shortest_path(costs: tf.Tensor, neighbourhood: int = 8) -> tf.Tensor:
