@@ -273,14 +273,7 @@ class PathPredictor:
     def costs(self, images: np.ndarray) -> np.ndarray:
         if len(images) == 0:
             return np.zeros((0,) + tuple(self._grid), np.float32)
-        chunks = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size]
-            size = len(batch)
-            if size < self.batch_size:
-                batch = np.concatenate([batch, np.repeat(batch[-1:], self.batch_size - size, axis=0)])
-            chunks.append(self._costs(tf.constant(batch)).numpy()[:size])
-        return np.concatenate(chunks)
+        return warcraft_data.map_in_batches(self._costs, images, self.batch_size)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return warcraft_data.shortest_paths(self.costs(images))

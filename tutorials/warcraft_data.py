@@ -174,19 +174,26 @@ def shortest_paths(costs: np.ndarray, batch_size: int = 500) -> np.ndarray:
         raise ValueError(f"Expected `costs` of shape [N, H, W], received: costs.shape={costs.shape}")
     if costs.shape[0] == 0:
         return np.zeros(costs.shape, np.float32)
-    batch_size = min(batch_size, costs.shape[0])
     global _SOLVE
     if _SOLVE is None:  # one tf.function for the process: traced once per batch shape
         _SOLVE = tf.function(lambda c: tf_perturbed.solvers.shortest_path(c, neighbourhood=8))
-    solve = _SOLVE
-    out = np.empty(costs.shape, np.float32)
-    for start in range(0, costs.shape[0], batch_size):
-        batch = costs[start : start + batch_size]
-        size = batch.shape[0]
+    return map_in_batches(_SOLVE, costs, min(batch_size, costs.shape[0]))
+
+
+def map_in_batches(fn, array: np.ndarray, batch_size: int) -> np.ndarray:
+    """`fn` on batches of exactly `batch_size` items of a non-empty `array`, concatenated.
+
+    The last batch is padded with copies of the last item (their outputs are dropped),
+    so that a `tf.function` `fn` is traced once.
+    """
+    outputs = []
+    for start in range(0, len(array), batch_size):
+        batch = array[start : start + batch_size]
+        size = len(batch)
         if size < batch_size:
             batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - size, axis=0)])
-        out[start : start + size] = solve(tf.constant(batch)).numpy()[:size]
-    return out
+        outputs.append(np.asarray(fn(batch))[:size])
+    return np.concatenate(outputs)
 
 
 def _map_rng(seed: int, grid_size: int, split: str, index: int) -> np.random.Generator:
