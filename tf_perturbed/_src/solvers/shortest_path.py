@@ -3,11 +3,12 @@
 The solver is batched min-plus dynamic programming in TensorFlow ops, so it runs
 inside `tf.function` and compiles with XLA:
 
-1. Bellman-Ford relaxation of the whole distance map at once, with shifted copies
-   of the grid (for king moves, a 3 × 3 box minimum taken over rows then columns),
-   inside a `tf.while_loop` that stops when nothing changes (at most H·W rounds,
-   since a path visits at most H·W vertices). Batches of 128 grids or more are
-   solved in two halves, which the TensorFlow executor runs on two cores.
+1. Bellman-Ford relaxation of the whole distance map at once, with shifted views
+   of the grid padded with +inf (for king moves, a 3 × 3 box minimum taken over
+   rows then columns), inside a `tf.while_loop` that stops once a round changes
+   nothing (tested every second round; at most H·W + 1 rounds, since a path visits
+   at most H·W vertices). Batches of 128 grids or more are solved in two halves,
+   which the TensorFlow executor runs on two cores.
 2. Plateau depths `h`: a vertex whose distance equals its closest neighbour's
    (zero or negligible cost) gets `h` = the number of such equal-distance steps to
    a vertex with a strictly closer neighbour (usually no vertex needs any).
@@ -52,25 +53,31 @@ def _neighbours(grid: tf.Tensor, moves: Moves, fill) -> list:
     return [padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy, dx in moves]
 
 
-def _neighbour_min(grid: tf.Tensor, moves: Moves) -> tf.Tensor:
-    """Smallest value among each vertex's neighbours, +inf outside the grid."""
-    shifted = _neighbours(grid, moves, float("inf"))
-    best = shifted[0]
-    for other in shifted[1:]:
-        best = tf.minimum(best, other)
-    return best  # [H, W, B]
+def _box_min(padded: tf.Tensor) -> tf.Tensor:
+    """Smallest value in each vertex's 3 × 3 box (itself and its 8 neighbours).
 
+    Args:
+        padded: the grid with a border of +inf, `[H+2, W+2, B]`.
 
-def _box_min(grid: tf.Tensor) -> tf.Tensor:
-    """Smallest value in each vertex's 3 × 3 box (itself and its 8 neighbours), +inf outside.
-
-    Computed as a minimum over rows then over columns: 4 minima instead of 8.
+    Returns:
+        `[H, W, B]`, computed as a minimum over rows then over columns: 4 minima
+        instead of 8.
     """
-    inf = tf.constant(float("inf"), grid.dtype)
-    padded = tf.pad(grid, [[0, 0], [1, 1], [0, 0]], constant_values=inf)  # [H, W+2, B]
-    rows = tf.minimum(tf.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])  # [H, W, B]
-    padded = tf.pad(rows, [[1, 1], [0, 0], [0, 0]], constant_values=inf)  # [H+2, W, B]
-    return tf.minimum(tf.minimum(padded[:-2], padded[1:-1]), padded[2:])  # [H, W, B]
+    rows = tf.minimum(tf.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])  # [H+2, W, B]
+    return tf.minimum(tf.minimum(rows[:-2], rows[1:-1]), rows[2:])  # [H, W, B]
+
+
+def _rook_min(padded: tf.Tensor) -> tf.Tensor:
+    """Smallest value among each vertex's 4 edge neighbours, from `[H+2, W+2, B]` padded with +inf."""
+    vertical = tf.minimum(padded[:-2, 1:-1], padded[2:, 1:-1])  # [H, W, B]
+    return tf.minimum(vertical, tf.minimum(padded[1:-1, :-2], padded[1:-1, 2:]))
+
+
+def _smallest_around(grid: tf.Tensor, moves: Moves) -> tf.Tensor:
+    """Smallest neighbour of each vertex `[H, W, B]` (for king moves, of its 3 × 3 box,
+    itself included): either way below `grid` exactly where a neighbour is smaller."""
+    padded = tf.pad(grid, [[1, 1], [1, 1], [0, 0]], constant_values=float("inf"))
+    return _box_min(padded) if tuple(moves) == _KING_MOVES else _rook_min(padded)
 
 
 def _distances(costs: tf.Tensor, moves: Moves) -> tf.Tensor:
@@ -84,8 +91,10 @@ def _distances(costs: tf.Tensor, moves: Moves) -> tf.Tensor:
         `dist = min_neighbour(dist) + cost` in float arithmetic.
     """
     h, w = tf.shape(costs)[0], tf.shape(costs)[1]
+    inf = tf.constant(float("inf"), costs.dtype)
+    border = [[1, 1], [1, 1], [0, 0]]
     source = tf.reshape(tf.range(h * w) == 0, [h, w, 1])  # [H, W, 1]
-    dist = tf.where(source, costs, tf.constant(float("inf"), costs.dtype))  # [H, W, B]
+    dist = tf.pad(tf.where(source, costs, inf), border, constant_values=inf)  # [H+2, W+2, B]
 
     if tuple(moves) == _KING_MOVES:
         # The box includes the vertex itself, which changes nothing: dist + cost ≥ dist
@@ -93,20 +102,29 @@ def _distances(costs: tf.Tensor, moves: Moves) -> tf.Tensor:
         # `candidate < dist` are the same as with the 8 neighbours alone (about 25 % faster).
         smallest_around = _box_min
     else:
-        smallest_around = lambda grid: _neighbour_min(grid, moves)  # noqa: E731
+        smallest_around = _rook_min
 
-    def relax(dist, changed):
+    def relax(padded):
+        """One round on the padded distances: (new padded distances, candidates, old)."""
+        candidate = smallest_around(padded) + costs  # [H, W, B]
+        old = padded[1:-1, 1:-1]  # [H, W, B]
+        return tf.pad(tf.minimum(old, candidate), border, constant_values=inf), candidate, old
+
+    def two_rounds(padded, changed):
+        # Extra rounds after convergence change nothing, so only every second round is
+        # tested (the test and its reduction cost about as much as a round). The
+        # distances stay padded with +inf so that no round pads a copy of them.
         del changed
-        candidate = smallest_around(dist) + costs
-        return tf.minimum(dist, candidate), tf.reduce_any(candidate < dist)
+        padded, candidate, old = relax(relax(padded)[0])
+        return padded, tf.reduce_any(candidate < old)
 
     dist, _ = tf.while_loop(
-        lambda dist, changed: changed,
-        relax,
+        lambda padded, changed: changed,
+        two_rounds,
         (dist, tf.constant(True)),
-        maximum_iterations=h * w,
+        maximum_iterations=(h * w + 1) // 2,
     )
-    return dist
+    return dist[1:-1, 1:-1]  # [H, W, B]
 
 
 def _plateau_depths(dist: tf.Tensor, moves: Moves) -> tf.Tensor:
@@ -120,13 +138,15 @@ def _plateau_depths(dist: tf.Tensor, moves: Moves) -> tf.Tensor:
     """
     h, w = tf.shape(dist)[0], tf.shape(dist)[1]
     source = tf.reshape(tf.range(h * w) == 0, [h, w, 1])  # [H, W, 1]
-    exits = tf.logical_or(source, _neighbour_min(dist, moves) < dist)  # [H, W, B]
+    exits = tf.logical_or(source, _smallest_around(dist, moves) < dist)  # [H, W, B]
     unknown = h * w  # larger than any depth
     depth = tf.where(exits, 0, unknown)  # [H, W, B]
-    dist_around = _neighbours(dist, moves, float("inf"))
 
     def deepen(depth, changed):
         del changed
+        # The shifted grids are built here, not before the loop, which usually runs
+        # no round at all (random costs leave no plateau).
+        dist_around = _neighbours(dist, moves, float("inf"))
         depth_around = _neighbours(depth, moves, unknown)
         best = tf.fill(tf.shape(depth), unknown)
         for d_k, h_k in zip(dist_around, depth_around, strict=True):
