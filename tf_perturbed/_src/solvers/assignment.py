@@ -87,9 +87,10 @@ def _first_min(values: tf.Tensor, positions: tf.Tensor):
     """Smallest entry of each row of `values` `[B, n]` and its lowest position: `([B], [B])`.
 
     `positions` `[1, n]` (or `[B, n]`) are the candidates' ranks in `values`' float dtype;
-    the smallest rank among the smallest entries is returned, as int32. (Two plain
-    reductions: XLA's CPU argmin, a reduction over (value, index) pairs, plus a gather of
-    the value is about 1.7× slower at n = 50.)
+    the smallest rank among the smallest entries is returned, as int32. Rows must hold
+    a non-NaN entry (the solver's values are finite or +inf). (Two plain reductions:
+    XLA's CPU argmin, a reduction over (value, index) pairs, plus a gather of the value
+    is about 1.7× slower at n = 50.)
     """
     lowest = tf.reduce_min(values, axis=1)  # [B]
     ties = tf.equal(values, lowest[:, None])  # [B, n]
@@ -240,7 +241,8 @@ def _search(scores: tf.Tensor, slots: tf.Tensor, state: dict, stop) -> dict:
         open_spc = tf.where(s["scanned"], _inf(), spc)  # [K, n]
         # The closest open column; among equally close ones the lowest free one (it ends
         # the search), else the lowest: free columns rank 0…n−1, matched ones n…2n−1.
-        rank, lowest = _first_min(open_spc, position + tf.where(s["row4col"] < 0, tf.zeros_like(n_float), n_float))
+        matched = tf.where(s["row4col"] < 0, tf.zeros_like(n_float), n_float)  # [K, n]
+        rank, lowest = _first_min(open_spc, position + matched)
         settled = rank % n  # [K]
         next_row = tf.gather(s["row4col"], settled, batch_dims=1)  # [K]
         found = tf.logical_and(searching, next_row < 0)  # [K]
