@@ -50,7 +50,11 @@ def test_main_tiny_run_writes_metrics_figures_and_serves(tmp_path):
     assert payload["serving"]["served_equal_in_process"] is True
     served = np.load(tmp_path / "saved_model_fenchel_young" / "served_paths.npy")
     assert served.shape == (payload["serving"]["served_maps"], 12, 12)
-    assert set(np.unique(served)) <= {0.0, 1.0} and np.all(served[:, 0, 0] == 1) and np.all(served[:, -1, -1] == 1)
+    assert (
+        set(np.unique(served)) <= {0.0, 1.0}
+        and np.all(served[:, 0, 0] == 1)
+        and np.all(served[:, -1, -1] == 1)
+    )
 
 
 def test_fenchel_young_loss_falls_on_a_few_maps(tmp_path):
@@ -68,6 +72,58 @@ def test_fenchel_young_loss_falls_on_a_few_maps(tmp_path):
     # 10 maps must still cut it well below its start: the mean of the last four steps under
     # half the mean of the first four (in one run: about 1 % of it).
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
+
+
+def test_corner_symmetries_move_tiles_and_keep_shortest_paths():
+    maps = warcraft_data.generate_maps(6, seed=3, split="train")
+    # An image whose every pixel holds the row and column of its tile (8 × 8 pixels each).
+    rows, cols = np.meshgrid(np.arange(96) // 8, np.arange(96) // 8, indexing="ij")
+    tiles = np.stack([rows, cols, np.zeros_like(rows)], axis=-1).astype(np.float32)  # [96, 96, 3]
+    moved_vertex = {
+        0: lambda r, c: (r, c),
+        1: lambda r, c: (c, r),
+        2: lambda r, c: (11 - r, 11 - c),
+        3: lambda r, c: (11 - c, 11 - r),
+    }
+    for choice, where in moved_vertex.items():
+        image, _ = warcraft.corner_symmetry(tf.constant(tiles), tf.zeros([12, 12]), tf.constant(choice))
+        image = image.numpy()
+        for r, c in [(0, 0), (0, 5), (3, 11), (7, 2), (11, 11)]:
+            # The tile now at (r, c) came from the vertex that the symmetry maps to (r, c).
+            source = where(r, c)
+            np.testing.assert_array_equal(image[8 * r + 3, 8 * c + 4, :2], source)
+        for i in range(6):
+            _, costs = warcraft.corner_symmetry(
+                tf.constant(maps["images"][i]), tf.constant(maps["costs"][i]), tf.constant(choice)
+            )
+            _, path = warcraft.corner_symmetry(
+                tf.constant(maps["images"][i]), tf.constant(maps["paths"][i]), tf.constant(choice)
+            )
+            path, costs = path.numpy(), costs.numpy()
+            assert path[0, 0] == 1 and path[-1, -1] == 1
+            optimum = np.sum(warcraft_data.shortest_paths(costs[None])[0] * costs)
+            np.testing.assert_allclose(np.sum(path * costs), optimum, rtol=1e-6)
+
+
+def test_augmented_batches_use_all_four_symmetries():
+    images = np.zeros((40, 16, 16, 3), np.uint8)
+    targets = np.zeros((40, 2, 2), np.float32)
+    targets[:, 0, 0] = np.arange(1, 41)  # which map; the 180° rotation moves it to (1, 1)
+    targets[:, 0, 1] = 100.0  # a marker: the transposition or the rotation alone moves it to (1, 0)
+    batches = list(warcraft.augmented_batches(images, targets, batch_size=16, seed=0))
+    assert [len(x) for x, _ in batches] == [16, 16, 8] and batches[0][0].shape[1:] == (16, 16, 3)
+    moved = np.concatenate([y.numpy() for _, y in batches])  # [40, 2, 2]
+    rotated = moved[:, 1, 1] > 0
+    transposed = (moved[:, 1, 0] == 100.0) != rotated
+    assert sorted((moved[:, 0, 0] + moved[:, 1, 1]).astype(int).tolist()) == list(
+        range(1, 41)
+    )  # each map once
+    assert set(zip(transposed.tolist(), rotated.tolist())) == {
+        (False, False),
+        (False, True),
+        (True, False),
+        (True, True),
+    }
 
 
 def test_terrain_classes_and_the_classifier_costs():

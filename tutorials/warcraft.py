@@ -236,6 +236,34 @@ def build_terrain_classifier(cost_model: keras.Model):
     return classifier, keras.Model(cost_model.input, costs, name="warcraft_terrain_costs")
 
 
+def corner_symmetry(image, target, choice):
+    """One of the four symmetries of a square map that keep its two corners in place.
+
+    `choice` (int32 scalar, 0–3): bit 0 transposes, bit 1 rotates by 180°. The image
+    `[S, S, C]` and the per-vertex target `[g, g]` (a path mask, costs or terrains) move
+    together; the moved path is a shortest path of the moved costs, since the moves are
+    the same 8 (or 4) directions and a path's cost does not depend on its direction.
+    """
+    transpose, rotate = tf.equal(choice % 2, 1), choice >= 2
+    image = tf.cond(transpose, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
+    target = tf.cond(transpose, lambda: tf.transpose(target), lambda: target)
+    image = tf.cond(rotate, lambda: image[::-1, ::-1], lambda: image)
+    target = tf.cond(rotate, lambda: target[::-1, ::-1], lambda: target)
+    return image, target
+
+
+def augmented_batches(images, targets, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Shuffled batches in which every map gets a random corner symmetry, anew each epoch."""
+    choices = tf.data.Dataset.random(seed=seed).map(lambda r: tf.cast(r % 4, tf.int32))
+    maps = tf.data.Dataset.from_tensor_slices((images, targets)).shuffle(len(images), seed=seed)
+    return (
+        tf.data.Dataset.zip((maps, choices))
+        .map(lambda pair, choice: corner_symmetry(pair[0], pair[1], choice))
+        .batch(batch_size)
+        .prefetch(2)
+    )
+
+
 def learning_rate_schedule(epochs: int, base: float):
     """The learning rate times 0.1 from epoch ⌊0.6·epochs⌋ and again from ⌊0.8·epochs⌋ (0-based).
 
@@ -433,7 +461,9 @@ def export_and_serve(cost_model: keras.Model, images: np.ndarray, export_dir: pa
     )
     print(result.stdout, end="")
     if result.returncode != 0:
-        raise RuntimeError(f"Expected the fresh serving process to succeed, received:\n{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"Expected the fresh serving process to succeed, received:\n{result.stderr[-2000:]}"
+        )
     served = np.load(out_path)
     agree = bool(np.array_equal(served, expected))
     print(f"served paths equal the in-process model's: {agree} ({len(images)} test maps)")
@@ -464,7 +494,9 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--num-test", type=int, default=None, help="default 1,000 (200 with --quick)")
     parser.add_argument("--epochs", type=int, default=None, help="default 50 (5 with --quick)")
     parser.add_argument("--batch-size", type=int, default=70)
-    parser.add_argument("--learning-rate", type=float, default=None, help="Adam; default 5e-4 (2e-3 with --quick)")
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="Adam; default 5e-4 (2e-3 with --quick)"
+    )
     parser.add_argument("--num-samples", type=int, default=3, help="M, Fenchel-Young noise draws")
     parser.add_argument("--sigma", type=float, default=0.1, help="ε, Fenchel-Young noise scale")
     parser.add_argument("--perturbation", default="multiplicative", choices=("additive", "multiplicative"))
@@ -479,6 +511,11 @@ def _add_arguments(parser) -> None:
         help="Fenchel-Young: divide each map's costs by their mean (1, default) or not (0)",
     )
     parser.add_argument("--reduction", default="conv", choices=REDUCTIONS, help="channels → vertex cost")
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="train on maps transposed and/or rotated by 180° at random (the corners stay in place)",
+    )
     parser.add_argument("--no-export", action="store_true", help="skip the SavedModel export and serving")
     parser.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
 
@@ -518,7 +555,10 @@ def run_method(method: str, data: dict, args) -> dict:
     cost_model = build_cost_model(image_size, grid_size, args.reduction)
     if method == "terrain_classifier":
         model, cost_model = build_terrain_classifier(cost_model)
-        loss, targets = keras.losses.SparseCategoricalCrossentropy(from_logits=True), terrain_classes(train["costs"])
+        loss, targets = (
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            terrain_classes(train["costs"]),
+        )
     else:
         model, loss, target = build_method(method, cost_model, args)
         targets = train[target]
@@ -529,12 +569,13 @@ def run_method(method: str, data: dict, args) -> dict:
     timer, path_callback = _EpochTimer(), PathMetrics(predictor, val, args.verbose)
     print(f"\n=== {method}: {len(train['images'])} training maps, {args.epochs} epochs ===")
     start = time.perf_counter()
+    if args.augment:
+        inputs = dict(x=augmented_batches(train["images"], targets, args.batch_size, args.seed))
+    else:
+        inputs = dict(x=train["images"], y=targets, batch_size=args.batch_size, shuffle=True)
     history = model.fit(
-        train["images"],
-        targets,
-        batch_size=args.batch_size,
+        **inputs,
         epochs=args.epochs,
-        shuffle=True,
         callbacks=[
             keras.callbacks.LearningRateScheduler(learning_rate_schedule(args.epochs, args.learning_rate)),
             timer,  # before PathMetrics: times the training epoch only
@@ -549,7 +590,10 @@ def run_method(method: str, data: dict, args) -> dict:
     row["cost_by_terrain"] = cost_by_terrain(pred_costs, test["costs"])
     if method == "fenchel_young":
         row.update(
-            sigma=args.sigma, num_samples=args.num_samples, perturbation=args.perturbation, normalize=args.normalize
+            sigma=args.sigma,
+            num_samples=args.num_samples,
+            perturbation=args.perturbation,
+            normalize=args.normalize,
         )
     if method == "blackbox":
         row.update(blackbox_lambda=args.blackbox_lambda, epsilon=-abs(args.blackbox_lambda) / args.batch_size)
@@ -557,6 +601,7 @@ def run_method(method: str, data: dict, args) -> dict:
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         epochs=args.epochs,
+        augment=bool(args.augment),
         num_train=len(train["images"]),
         num_test=len(test["images"]),
         seconds_per_epoch=float(np.mean(timer.seconds)),
