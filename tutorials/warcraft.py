@@ -40,6 +40,10 @@ test split, for the path of the predicted costs: perfect_path_accuracy (its true
 the optimal cost, relative tolerance 1e-5), exact_match (the same mask as the label) and
 cost_ratio (its true cost divided by the optimal one, ≥ 1, averaged). The validation split
 is scored after every epoch (curves); it, never the test split, was used for tuning.
+`--augment` (off by default, so that the published runs stay reproducible) trains on maps
+transposed and/or rotated by 180° at random, the four symmetries that keep the two corners
+(the path moves with its map): Fenchel-Young in quick mode then reached 0.74 perfect paths
+on the test split, against 0.565–0.585 without (tutorials/README.md).
 
 Serving: the first method's network is wrapped as image → hard path mask (its costs fed to
 `tf_perturbed.PerturbedShortestPath`, which solves without noise at inference), exported
