@@ -50,11 +50,7 @@ def test_main_tiny_run_writes_metrics_figures_and_serves(tmp_path):
     assert payload["serving"]["served_equal_in_process"] is True
     served = np.load(tmp_path / "saved_model_fenchel_young" / "served_paths.npy")
     assert served.shape == (payload["serving"]["served_maps"], 12, 12)
-    assert (
-        set(np.unique(served)) <= {0.0, 1.0}
-        and np.all(served[:, 0, 0] == 1)
-        and np.all(served[:, -1, -1] == 1)
-    )
+    assert set(np.unique(served)) <= {0.0, 1.0} and np.all(served[:, 0, 0] == 1) and np.all(served[:, -1, -1] == 1)
 
 
 def test_fenchel_young_loss_falls_on_a_few_maps(tmp_path):

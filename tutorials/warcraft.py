@@ -249,11 +249,10 @@ def corner_symmetry(image, target, choice):
     the same 8 (or 4) directions and a path's cost does not depend on its direction.
     """
     transpose, rotate = tf.equal(choice % 2, 1), choice >= 2
-    image = tf.cond(transpose, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
-    target = tf.cond(transpose, lambda: tf.transpose(target), lambda: target)
-    image = tf.cond(rotate, lambda: image[::-1, ::-1], lambda: image)
-    target = tf.cond(rotate, lambda: target[::-1, ::-1], lambda: target)
-    return image, target
+    image, target = tf.cond(
+        transpose, lambda: (tf.transpose(image, [1, 0, 2]), tf.transpose(target)), lambda: (image, target)
+    )
+    return tf.cond(rotate, lambda: (image[::-1, ::-1], target[::-1, ::-1]), lambda: (image, target))
 
 
 def augmented_batches(images, targets, batch_size: int, seed: int) -> tf.data.Dataset:
@@ -465,9 +464,7 @@ def export_and_serve(cost_model: keras.Model, images: np.ndarray, export_dir: pa
     )
     print(result.stdout, end="")
     if result.returncode != 0:
-        raise RuntimeError(
-            f"Expected the fresh serving process to succeed, received:\n{result.stderr[-2000:]}"
-        )
+        raise RuntimeError(f"Expected the fresh serving process to succeed, received:\n{result.stderr[-2000:]}")
     served = np.load(out_path)
     agree = bool(np.array_equal(served, expected))
     print(f"served paths equal the in-process model's: {agree} ({len(images)} test maps)")
@@ -498,9 +495,7 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--num-test", type=int, default=None, help="default 1,000 (200 with --quick)")
     parser.add_argument("--epochs", type=int, default=None, help="default 50 (5 with --quick)")
     parser.add_argument("--batch-size", type=int, default=70)
-    parser.add_argument(
-        "--learning-rate", type=float, default=None, help="Adam; default 5e-4 (2e-3 with --quick)"
-    )
+    parser.add_argument("--learning-rate", type=float, default=None, help="Adam; default 5e-4 (2e-3 with --quick)")
     parser.add_argument("--num-samples", type=int, default=3, help="M, Fenchel-Young noise draws")
     parser.add_argument("--sigma", type=float, default=0.1, help="ε, Fenchel-Young noise scale")
     parser.add_argument("--perturbation", default="multiplicative", choices=("additive", "multiplicative"))
@@ -559,10 +554,7 @@ def run_method(method: str, data: dict, args) -> dict:
     cost_model = build_cost_model(image_size, grid_size, args.reduction)
     if method == "terrain_classifier":
         model, cost_model = build_terrain_classifier(cost_model)
-        loss, targets = (
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            terrain_classes(train["costs"]),
-        )
+        loss, targets = keras.losses.SparseCategoricalCrossentropy(from_logits=True), terrain_classes(train["costs"])
     else:
         model, loss, target = build_method(method, cost_model, args)
         targets = train[target]
@@ -594,10 +586,7 @@ def run_method(method: str, data: dict, args) -> dict:
     row["cost_by_terrain"] = cost_by_terrain(pred_costs, test["costs"])
     if method == "fenchel_young":
         row.update(
-            sigma=args.sigma,
-            num_samples=args.num_samples,
-            perturbation=args.perturbation,
-            normalize=args.normalize,
+            sigma=args.sigma, num_samples=args.num_samples, perturbation=args.perturbation, normalize=args.normalize
         )
     if method == "blackbox":
         row.update(blackbox_lambda=args.blackbox_lambda, epsilon=-abs(args.blackbox_lambda) / args.batch_size)

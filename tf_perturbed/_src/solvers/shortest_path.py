@@ -73,11 +73,21 @@ def _rook_min(padded: tf.Tensor) -> tf.Tensor:
     return tf.minimum(vertical, tf.minimum(padded[1:-1, :-2], padded[1:-1, 2:]))
 
 
-def _smallest_around(grid: tf.Tensor, moves: Moves) -> tf.Tensor:
-    """Smallest neighbour of each vertex `[H, W, B]` (for king moves, of its 3 × 3 box,
-    itself included): either way below `grid` exactly where a neighbour is smaller."""
-    padded = tf.pad(grid, [[1, 1], [1, 1], [0, 0]], constant_values=float("inf"))
+def _padded_min(padded: tf.Tensor, moves: Moves) -> tf.Tensor:
+    """Smallest neighbour of each vertex, from the grid padded with +inf `[H+2, W+2, B]`.
+
+    For king moves, the smallest value of the 3 × 3 box, the vertex itself included: either
+    way it is below the vertex's own value exactly where a neighbour is smaller, and in the
+    relaxation dist + cost ≥ dist (cost ≥ 0, rounding monotone), so min(dist, candidate)
+    and the test `candidate < dist` are the same as with the 8 neighbours alone (4 minima
+    instead of 8, about 25 % faster).
+    """
     return _box_min(padded) if tuple(moves) == _KING_MOVES else _rook_min(padded)
+
+
+def _smallest_around(grid: tf.Tensor, moves: Moves) -> tf.Tensor:
+    """`_padded_min` of a grid `[H, W, B]`."""
+    return _padded_min(tf.pad(grid, [[1, 1], [1, 1], [0, 0]], constant_values=float("inf")), moves)
 
 
 def _distances(costs: tf.Tensor, moves: Moves) -> tf.Tensor:
@@ -96,17 +106,9 @@ def _distances(costs: tf.Tensor, moves: Moves) -> tf.Tensor:
     source = tf.reshape(tf.range(h * w) == 0, [h, w, 1])  # [H, W, 1]
     dist = tf.pad(tf.where(source, costs, inf), border, constant_values=inf)  # [H+2, W+2, B]
 
-    if tuple(moves) == _KING_MOVES:
-        # The box includes the vertex itself, which changes nothing: dist + cost ≥ dist
-        # for a cost ≥ 0, and rounding is monotone, so min(dist, candidate) and the test
-        # `candidate < dist` are the same as with the 8 neighbours alone (about 25 % faster).
-        smallest_around = _box_min
-    else:
-        smallest_around = _rook_min
-
     def relax(padded):
         """One round on the padded distances: (new padded distances, candidates, old)."""
-        candidate = smallest_around(padded) + costs  # [H, W, B]
+        candidate = _padded_min(padded, moves) + costs  # [H, W, B]
         old = padded[1:-1, 1:-1]  # [H, W, B]
         return tf.pad(tf.minimum(old, candidate), border, constant_values=inf), candidate, old
 
