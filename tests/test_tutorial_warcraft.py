@@ -43,6 +43,8 @@ def test_main_tiny_run_writes_metrics_figures_and_serves(tmp_path):
         assert np.isfinite(row["final_loss"]) and row["num_train"] == 14 and row["epochs"] == 1
         assert row["augment"] is True and row["symmetric_views"] is True
         assert METRIC_KEYS == set(row["single_view"]) and row["single_view"]["cost_ratio"] >= 1.0 - 1e-6
+        if row["method"] == "blackbox":  # λ = 20 of Vlastelica et al. at their batch of 70, not this one (7)
+            assert row["epsilon"] == pytest.approx(-20 / 70)
         assert set(row["cost_by_terrain"]) <= set(warcraft_data.TERRAIN_NAMES)
         for spread in row["cost_by_terrain"].values():
             assert 0.0 <= spread["p5"] <= spread["p95"] and spread["true"] > 0.0
