@@ -264,16 +264,15 @@ def build_terrain_classifier(cost_model: keras.Model):
 def corner_symmetry(image, target, choice):
     """One of the four symmetries of a square map that keep its two corners in place.
 
-    `choice` (int32 scalar, 0–3): bit 0 transposes, bit 1 rotates by 180°. The image
-    `[S, S, C]` and the per-vertex target `[g, g]` (a path mask, costs or terrains) move
-    together; the moved path is a shortest path of the moved costs, since the moves are
+    `choice` (int32 scalar, 0–3; `square_symmetry` numbering): bit 0 transposes, bit 1
+    rotates by 180°. The image `[S, S, C]` and the per-vertex target `[g, g]` (a path mask,
+    costs or terrains) move together; the moved path is a shortest path of the moved costs, since the moves are
     the same 8 (or 4) directions and a path's cost does not depend on its direction.
     """
-    transpose, rotate = tf.equal(choice % 2, 1), choice >= 2
-    image, target = tf.cond(
-        transpose, lambda: (tf.transpose(image, [1, 0, 2]), tf.transpose(target)), lambda: (image, target)
+    return tf.switch_case(
+        choice,
+        [lambda k=k: (square_symmetry(image[None], k)[0], square_symmetry(target[None], k)[0]) for k in range(4)],
     )
-    return tf.cond(rotate, lambda: (image[::-1, ::-1], target[::-1, ::-1]), lambda: (image, target))
 
 
 def augmented_batches(images, targets, batch_size: int, seed: int) -> tf.data.Dataset:
