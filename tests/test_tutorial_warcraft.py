@@ -230,3 +230,16 @@ def test_model_shapes_and_schedule():
         [5e-4, 5e-4, 5e-5, 5e-5, 5e-6, 5e-6]
     )
     assert warcraft.learning_rate_schedule(1, 5e-4)(0) == pytest.approx(5e-4)
+
+
+def test_presets_and_flags_that_override_them(tmp_path):
+    out = ["--output-dir", str(tmp_path)]
+    full = warcraft.parse_args(out)
+    assert (full.num_train, full.num_val, full.num_test) == (10000, 1000, 1000)
+    assert (full.epochs, full.batch_size, full.learning_rate, full.num_samples, full.sigma) == (12, 35, 2e-3, 10, 0.05)
+    assert full.augment and full.symmetric_views
+    quick = warcraft.parse_args(["--quick", *out])
+    assert (quick.num_train, quick.epochs, quick.batch_size, quick.sigma) == (1400, 5, 35, 0.1)
+    paper = warcraft.parse_args(["--epochs", "50", "--batch-size", "70", "--learning-rate", "5e-4", "--no-augment", *out])
+    assert (paper.epochs, paper.batch_size, paper.learning_rate, paper.augment) == (50, 70, 5e-4, False)
+    assert paper.num_train == 10000
