@@ -74,8 +74,8 @@ data/warcraft/ (`--data-dir`; `--original-dir` reads the original .npy files ins
 Run: `python tutorials/warcraft.py --quick --methods fenchel_young` (the demo: 1,400 training
 maps, 5 epochs of 35; under 5 minutes on 2 CPU cores shared at a load average of 3–3.6),
 `--quick` for all three methods (12.3 minutes at that load), or without `--quick` for the
-paper's 10,000 training maps and 12 epochs of 35 (about 40 minutes per method on 2 idle
-cores). Measured numbers: tutorials/README.md.
+paper's 10,000 training maps and 12 epochs of 35 (54 minutes per method with another such
+run sharing the 2 cores). Measured numbers: tutorials/README.md.
 """
 
 import argparse
