@@ -45,9 +45,9 @@ split for the quick budget and carried to the long run (3,432 steps of 35 agains
 7,150 of 70; tutorials/README.md). By default every training map is transposed and/or
 rotated by 180° at random, anew each epoch (`--no-augment` turns it off): the four
 symmetries of a square that keep the two corners, with the path moved along (it stays a
-shortest path of the moved costs). The paper does not augment; here
-it lifted Fenchel-Young in quick mode from 0.565–0.585 to 0.705–0.75 perfect paths on the
-test split (tutorials/README.md). Metrics on the test split, for the path of the predicted
+shortest path of the moved costs). The paper does not augment; here it lifted Fenchel-Young
+in quick mode from 0.565–0.585 to 0.705–0.75 perfect paths on the test split
+(tutorials/README.md). Metrics on the test split, for the path of the predicted
 costs: perfect_path_accuracy (its true cost equals the optimal cost, relative tolerance
 1e-5), exact_match (the same mask as the label) and cost_ratio (its true cost divided by the
 optimal one, ≥ 1, averaged). The validation split is scored after every epoch (curves); it,
@@ -272,8 +272,9 @@ def corner_symmetry(image, target, choice):
 
     `choice` (int32 scalar, 0–3; `square_symmetry` numbering): bit 0 transposes, bit 1
     rotates by 180°. The image `[S, S, C]` and the per-vertex target `[g, g]` (a path mask,
-    costs or terrains) move together; the moved path is a shortest path of the moved costs, since the moves are
-    the same 8 (or 4) directions and a path's cost does not depend on its direction.
+    costs or terrains) move together; the moved path is a shortest path of the moved costs,
+    since the moves are the same 8 (or 4) directions and a path's cost does not depend on
+    its direction.
     """
     return tf.switch_case(
         choice,
@@ -556,14 +557,11 @@ def export_and_serve(cost_model: keras.Model, images: np.ndarray, export_dir: pa
 # split said so (tuning tables in tutorials/README.md): a 4× learning rate, batches of 35,
 # M = 10 noise draws, augmentation; the long run stops after 12 epochs (16 did worse) and
 # halves ε.
-QUICK = {
-    "num_train": 1400, "num_val": 200, "num_test": 200, "epochs": 5, "learning_rate": 2e-3,
-    "batch_size": 35, "num_samples": 10, "sigma": 0.1, "augment": True,
-}  # fmt: skip
 FULL = {
     "num_train": 10000, "num_val": 1000, "num_test": 1000, "epochs": 12, "learning_rate": 2e-3,
     "batch_size": 35, "num_samples": 10, "sigma": 0.05, "augment": True,
 }  # fmt: skip
+QUICK = {**FULL, "num_train": 1400, "num_val": 200, "num_test": 200, "epochs": 5, "sigma": 0.1}
 
 
 def _add_arguments(parser) -> None:
