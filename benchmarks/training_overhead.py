@@ -65,7 +65,7 @@ def _losses():
 def _blackbox_layer():
     """The tutorial's blackbox layer: λ = 20 at batch 70, i.e. ε = −20/70."""
     return tf_perturbed.DirectLossGradient(
-        "shortest_path", epsilon=-20.0 / BATCH, min_perturbed_value=0.0, name="shortest_path"
+        "shortest_path", epsilon=-20.0 / BATCH, name="shortest_path"
     )
 
 

@@ -24,6 +24,7 @@ PUBLIC = {
     "noise",
     "perturbed",
     "perturbed_max",
+    "seeds",
     "solvers",
 }
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from scipy.optimize import linear_sum_assignment
 
-from tf_perturbed._src.solvers.assignment import assignment
+import tf_perturbed as tp
 
 # (n, batch, calls): about 3,500 matrices, 4,100 with the other tests. Batches below 32
 # run the search in one loop; larger ones also move the slowest matrices to a smaller batch.
@@ -65,7 +65,7 @@ def _check(perms: np.ndarray, scores: np.ndarray) -> None:
 def test_optimal_against_scipy(n, batch, calls):
     for call in range(calls):
         scores = _matrices(batch, n, seed=1000 * n + call)
-        perms = assignment(scores).numpy()
+        perms = tp.solvers.assignment(scores).numpy()
         assert perms.shape == scores.shape and perms.dtype == np.float32
         _check(perms, scores)
 
@@ -74,7 +74,7 @@ def test_example_from_docstring():
     scores = tf.constant([[1.0, 5.0, 0.0], [4.0, 3.0, 0.0], [2.0, 0.0, 1.0]])
     expected = [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
     # Batched like the n = 3 case above, which saves a compilation.
-    np.testing.assert_array_equal(assignment(tf.tile(scores[None], [24, 1, 1])), [expected] * 24)
+    np.testing.assert_array_equal(tp.solvers.assignment(tf.tile(scores[None], [24, 1, 1])), [expected] * 24)
 
 
 def test_known_permutation():
@@ -83,7 +83,7 @@ def test_known_permutation():
     hidden = np.stack([rng.permutation(16) for _ in range(512)])
     scores = rng.uniform(0.0, 1.0, (512, 16, 16))
     np.put_along_axis(scores, hidden[..., None], 2.0, axis=-1)
-    perms = assignment(scores.astype(np.float32)).numpy()
+    perms = tp.solvers.assignment(scores.astype(np.float32)).numpy()
     np.testing.assert_array_equal(np.argmax(perms, axis=-1), hidden)
 
 
@@ -94,7 +94,7 @@ def test_integer_scores_are_exact(dtype):
     high = 10**12 if dtype == np.int64 else 2**30
     scores = rng.integers(-high, high, (24, 7, 7)).astype(dtype)
     scores[:8] = rng.integers(0, 3, (8, 7, 7))  # ties
-    perms = assignment(scores).numpy()
+    perms = tp.solvers.assignment(scores).numpy()
     assert perms.dtype == np.float32
     values = np.einsum("bij,bij->b", perms.astype(np.int64), scores.astype(np.int64))
     expected = [s[linear_sum_assignment(s, maximize=True)].sum() for s in scores.astype(np.int64)]
@@ -105,47 +105,47 @@ def test_integer_scores_are_exact(dtype):
 def test_float_dtypes(dtype):
     scores = np.round(_matrices(24, 7, seed=3) * 4) / 4
     scores = np.clip(scores, -60, 60)  # exact in every dtype
-    perms = assignment(tf.constant(scores.astype(dtype))).numpy()
+    perms = tp.solvers.assignment(tf.constant(scores.astype(dtype))).numpy()
     assert perms.dtype == dtype
     _check(perms.astype(np.float64), scores)
 
 
 def test_leading_axes_and_determinism():
     scores = _matrices(24, 7, seed=5)
-    flat = assignment(scores).numpy()
-    nested = assignment(scores.reshape(2, 3, 4, 7, 7)).numpy()
+    flat = tp.solvers.assignment(scores).numpy()
+    nested = tp.solvers.assignment(scores.reshape(2, 3, 4, 7, 7)).numpy()
     np.testing.assert_array_equal(nested.reshape(24, 7, 7), flat)
-    np.testing.assert_array_equal(assignment(scores).numpy(), flat)
+    np.testing.assert_array_equal(tp.solvers.assignment(scores).numpy(), flat)
 
 
-_GRAPH = tf.function(assignment)
-_XLA = tf.function(assignment, jit_compile=True)
+_GRAPH = tf.function(tp.solvers.assignment)
+_XLA = tf.function(tp.solvers.assignment, jit_compile=True)
 
 
 def test_eager_graph_and_xla_agree():
     scores = _matrices(24, 7, seed=7)
-    eager = assignment(scores)
+    eager = tp.solvers.assignment(scores)
     np.testing.assert_array_equal(_GRAPH(scores), eager)
     np.testing.assert_array_equal(_XLA(scores), eager)
 
 
 def test_dynamic_shapes_in_graph_mode():
-    solve = tf.function(assignment, input_signature=[tf.TensorSpec([None, None, None], tf.float32)])
+    solve = tf.function(tp.solvers.assignment, input_signature=[tf.TensorSpec([None, None, None], tf.float32)])
     scores = _matrices(24, 7, seed=9)
-    np.testing.assert_array_equal(solve(scores), assignment(scores))
+    np.testing.assert_array_equal(solve(scores), tp.solvers.assignment(scores))
     with pytest.raises(tf.errors.InvalidArgumentError, match="scores"):
         solve(tf.ones([2, 3, 4]))
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match=r"scores.shape=\(3, 4\)"):
-        assignment(tf.ones([3, 4]))
+        tp.solvers.assignment(tf.ones([3, 4]))
     with pytest.raises(ValueError, match="scores"):
-        assignment(tf.ones([5]))
+        tp.solvers.assignment(tf.ones([5]))
     with pytest.raises(ValueError, match="scores"):
-        assignment(tf.ones([2, 0, 0]))
+        tp.solvers.assignment(tf.ones([2, 0, 0]))
     with pytest.raises(TypeError, match="scores"):
-        assignment(tf.ones([3, 3], tf.bool))
+        tp.solvers.assignment(tf.ones([3, 3], tf.bool))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
@@ -153,7 +153,7 @@ def test_non_finite_scores_raise(bad):
     scores = _matrices(24, 7, seed=11)
     scores[5, 3, 2] = bad
     with pytest.raises(tf.errors.InvalidArgumentError, match="scores"):
-        assignment(scores)
+        tp.solvers.assignment(scores)
     with pytest.raises(tf.errors.InvalidArgumentError, match="scores"):
         _GRAPH(scores)
 

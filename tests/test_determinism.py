@@ -73,7 +73,7 @@ def _compute():
         "fenchel_young_path": (tp.FenchelYoungLoss("shortest_path", num_samples=6, seed=9, reduction=None), costs),
     }
     for name, (loss, x) in losses.items():
-        target = loss._config.solver(x * 0.5 + 1.0)
+        target = loss.solver(x * 0.5 + 1.0)
         for call in range(2):
             out, (grad,) = _value_and_grads(lambda t, loss=loss, y=target: loss(y, t), [x])
             arrays[f"{name}_{call}"], arrays[f"{name}_grad_{call}"] = out.numpy(), grad.numpy()

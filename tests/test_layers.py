@@ -61,14 +61,14 @@ def test_perturbed_inference_option():
 @pytest.mark.parametrize("name", list(_layers()))
 def test_eager_graph_and_xla_agree_for_the_same_seed(name):
     layer = _layers()[name]
-    config = layer._config
+    op = tp.perturbed(**layer.config.arguments())
     theta = tf.constant(np.random.default_rng(1).normal(size=(4, D)), tf.float32)
     seed = tf.constant([5, 6], tf.int32)
 
     def value_and_grad(t):
         with tf.GradientTape() as tape:
             tape.watch(t)
-            y = tp._src.perturbed.perturbed_mean(t, seed, config)
+            y = op(t, seed=seed)
             v = tf.reduce_sum(y * tf.range(tf.size(y), dtype=y.dtype)[: y.shape[-1]])
         return tf.concat([tf.reshape(y, [-1]), tf.reshape(tape.gradient(v, t), [-1])], 0)
 

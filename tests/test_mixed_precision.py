@@ -21,8 +21,6 @@ import pytest
 import tensorflow as tf
 
 import tf_perturbed as tp
-from tf_perturbed._src import perturbed as perturbed_lib
-from tf_perturbed._src import seeds as seeds_lib
 
 POLICIES = {"mixed_float16": (tf.float16, 4097), "mixed_bfloat16": (tf.bfloat16, 513)}
 D, H, W, N = 8, 3, 4, 3
@@ -94,7 +92,7 @@ def test_gradients_are_the_float32_computation_cast_to_the_compute_dtype(policy,
         "sort_permutation": tp.PerturbedOptimizer("sort_permutation", num_samples=16, sigma=0.5, seed=SEED),
     }[name]
     theta = tf.cast(tf.constant(np.random.default_rng(1).normal(size=(3, D)), tf.float32), dtype)
-    seed = seeds_lib.sanitize_seed(tf.constant([SEED, 0], tf.int64))  # the generator's first seed
+    seed = tp.seeds.sanitize_seed(tf.constant([SEED, 0], tf.int64))  # the generator's first seed
 
     def value_and_grad(op, t):
         with tf.GradientTape() as tape:
@@ -109,7 +107,8 @@ def test_gradients_are_the_float32_computation_cast_to_the_compute_dtype(policy,
         return value_and_grad(lambda u: layer(u, training=True), t)
 
     def reference(t):
-        return value_and_grad(lambda u: perturbed_lib.perturbed_mean(u, seed, layer._config), t)
+        op = tp.perturbed(**layer.config.arguments())
+        return value_and_grad(lambda u: op(u, seed=seed), t)
 
     y16, g16 = tf.function(mixed, jit_compile=jit_compile)(theta)
     y32, g32 = tf.function(reference, jit_compile=jit_compile)(tf.cast(theta, tf.float32))

@@ -207,10 +207,8 @@ def test_multiplicative_fenchel_young_loss_is_one_homogeneous():
 def test_uniform_noise_stays_open_at_the_extreme_bit_patterns(dtype):
     # All-zero and all-one philox words are the two ends of the bit range: the centre
     # of the top bin is not representable in float32/float64 and must not round to 1.
-    from tf_perturbed._src import noise as noise_lib
-
     words = tf.constant([[0, 0xFFFFFFFF, 0x80000000]] * 2, tf.uint32)
-    u = noise_lib.uniform_from_bits(words, dtype).numpy().astype(np.float64)
+    u = tp.noise.uniform_from_bits(words, dtype).numpy().astype(np.float64)
     assert np.all(u > 0.0) and np.all(u < 1.0), u
     gumbel = -np.log(-np.log(u))
     assert np.all(np.isfinite(gumbel)), gumbel

@@ -5,7 +5,6 @@ import pytest
 import tensorflow as tf
 
 import tf_perturbed as tp
-from tf_perturbed._src import seeds
 
 THETA = tf.constant(np.random.default_rng(0).normal(size=(4, 8)), tf.float32)
 
@@ -14,7 +13,7 @@ THETA = tf.constant(np.random.default_rng(0).normal(size=(4, 8)), tf.float32)
 def test_seed_forms_are_accepted_and_reproducible(seed):
     op = tp.perturbed("ranks", num_samples=5, sigma=1.0, seed=seed)
     np.testing.assert_array_equal(op(THETA).numpy(), op(THETA).numpy())
-    s = seeds.sanitize_seed(seed)
+    s = tp.seeds.sanitize_seed(seed)
     assert s.dtype == tf.int32 and s.shape == (2,)
 
 
@@ -53,10 +52,10 @@ def test_successive_steps_of_a_compiled_function_draw_new_noise():
 
 
 def test_fold_in_and_split_give_distinct_seeds():
-    base = seeds.sanitize_seed(0)
-    folded = [tuple(seeds.fold_in(base, i).numpy()) for i in range(4)]
+    base = tp.seeds.sanitize_seed(0)
+    folded = [tuple(tp.seeds.fold_in(base, i).numpy()) for i in range(4)]
     assert len(set(folded)) == 4
-    assert len({tuple(s) for s in seeds.split(base, 3).numpy()}) == 3
+    assert len({tuple(s) for s in tp.seeds.split(base, 3).numpy()}) == 3
 
 
 BAD_ARGUMENTS = [

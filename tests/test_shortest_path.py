@@ -17,7 +17,7 @@ import scipy.sparse
 import tensorflow as tf
 from scipy.sparse.csgraph import dijkstra
 
-from tf_perturbed._src.solvers.shortest_path import _SPLIT_BATCH, shortest_path
+import tf_perturbed as tp
 
 KING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 ROOK = ((-1, 0), (0, -1), (0, 1), (1, 0))
@@ -129,7 +129,7 @@ def _check_paths(masks: np.ndarray, costs: np.ndarray, neighbourhood: int) -> No
 @pytest.mark.parametrize("neighbourhood, h, w, batch", CASES)
 def test_optimal_against_scipy(neighbourhood, h, w, batch):
     costs = _grids(batch, h, w, seed=h * 100 + w + neighbourhood)
-    masks = shortest_path(costs, neighbourhood=neighbourhood).numpy()
+    masks = tp.solvers.shortest_path(costs, neighbourhood=neighbourhood).numpy()
     assert masks.shape == costs.shape and masks.dtype == np.float32
     _check_paths(masks, costs, neighbourhood)
 
@@ -140,7 +140,7 @@ def test_zero_costs_give_simple_paths(neighbourhood, h, w):
     costs = np.random.default_rng(neighbourhood).integers(0, 3, (1200, h, w)).astype(np.float32)
     costs[:50] = 0.0
     costs[50:100, :, 3:] = 0.0
-    masks = shortest_path(costs, neighbourhood=neighbourhood).numpy()
+    masks = tp.solvers.shortest_path(costs, neighbourhood=neighbourhood).numpy()
     _check_paths(masks, costs, neighbourhood)
     for mask in masks[:300]:
         assert _is_hamiltonian_path(mask, neighbourhood)
@@ -148,47 +148,47 @@ def test_zero_costs_give_simple_paths(neighbourhood, h, w):
 
 def test_example_from_docstring():
     costs = tf.constant([[1.0, 9.0, 9.0], [5.0, 1.0, 9.0], [2.0, 1.0, 1.0]])
-    np.testing.assert_array_equal(shortest_path(costs), np.eye(3))
+    np.testing.assert_array_equal(tp.solvers.shortest_path(costs), np.eye(3))
     np.testing.assert_array_equal(
-        shortest_path(costs, neighbourhood=4), [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+        tp.solvers.shortest_path(costs, neighbourhood=4), [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
     )
 
 
 def test_leading_axes_and_determinism():
     costs = _grids(1200, 5, 8, seed=3)
-    flat = shortest_path(costs).numpy()
-    nested = shortest_path(costs.reshape(2, 3, 200, 5, 8)).numpy()
+    flat = tp.solvers.shortest_path(costs).numpy()
+    nested = tp.solvers.shortest_path(costs.reshape(2, 3, 200, 5, 8)).numpy()
     np.testing.assert_array_equal(nested.reshape(1200, 5, 8), flat)
-    np.testing.assert_array_equal(shortest_path(costs).numpy(), flat)
+    np.testing.assert_array_equal(tp.solvers.shortest_path(costs).numpy(), flat)
 
 
-_GRAPH = tf.function(shortest_path)
-_XLA = tf.function(shortest_path, jit_compile=True)
+_GRAPH = tf.function(tp.solvers.shortest_path)
+_XLA = tf.function(tp.solvers.shortest_path, jit_compile=True)
 
 
 def test_eager_graph_and_xla_agree():
     costs = _grids(1200, 5, 8, seed=11)
-    eager = shortest_path(costs)
+    eager = tp.solvers.shortest_path(costs)
     np.testing.assert_array_equal(_GRAPH(costs), eager)
     np.testing.assert_array_equal(_XLA(costs), eager)
 
 
 def test_dynamic_shapes_in_graph_mode():
     solve = tf.function(
-        lambda c: shortest_path(c, neighbourhood=4),
+        lambda c: tp.solvers.shortest_path(c, neighbourhood=4),
         input_signature=[tf.TensorSpec([None, None, None], tf.float32)],
     )
     costs = _grids(300, 30, 21, seed=5)
-    np.testing.assert_array_equal(solve(costs), shortest_path(costs, neighbourhood=4))
+    np.testing.assert_array_equal(solve(costs), tp.solvers.shortest_path(costs, neighbourhood=4))
 
 
 def test_large_batches_split_in_halves_give_the_same_paths():
     # An odd batch at the split size is solved in two unequal halves; grids solved in
     # small batches (one compiled program each) must get the very same masks.
-    batch = _SPLIT_BATCH + 1
+    batch = 129  # the solver splits batches of ≥ 128 grids in two halves (module docstring)
     costs = _grids(batch, 12, 12, seed=13)
     whole = _GRAPH(costs).numpy()
-    parts = np.concatenate([shortest_path(costs[i : i + 43]).numpy() for i in range(0, batch, 43)])
+    parts = np.concatenate([tp.solvers.shortest_path(costs[i : i + 43]).numpy() for i in range(0, batch, 43)])
     np.testing.assert_array_equal(whole, parts)
     _check_paths(whole, costs, 8)
 
@@ -206,22 +206,22 @@ def test_large_batches_split_in_halves_give_the_same_paths():
 def test_dtypes(dtype, expected):
     costs = _grids(240, 1, 9, seed=2) if dtype != np.float64 else _grids(24, 4, 6, seed=2)
     costs = np.round(costs)  # exact in every dtype
-    masks = shortest_path(tf.constant(costs.astype(dtype))).numpy()
+    masks = tp.solvers.shortest_path(tf.constant(costs.astype(dtype))).numpy()
     assert masks.dtype == expected
     _check_paths(masks.astype(np.float32), costs, 8)
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="neighbourhood"):
-        shortest_path(tf.ones([3, 3]), neighbourhood=6)
+        tp.solvers.shortest_path(tf.ones([3, 3]), neighbourhood=6)
     with pytest.raises(ValueError, match="neighbourhood"):
-        shortest_path(tf.ones([3, 3]), neighbourhood=True)
+        tp.solvers.shortest_path(tf.ones([3, 3]), neighbourhood=True)
     with pytest.raises(ValueError, match="costs"):
-        shortest_path(tf.ones([5]))
+        tp.solvers.shortest_path(tf.ones([5]))
     with pytest.raises(ValueError, match="costs"):
-        shortest_path(tf.ones([2, 0, 3]))
+        tp.solvers.shortest_path(tf.ones([2, 0, 3]))
     with pytest.raises(TypeError, match="costs"):
-        shortest_path(tf.ones([3, 3], tf.bool))
+        tp.solvers.shortest_path(tf.ones([3, 3], tf.bool))
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
@@ -229,7 +229,7 @@ def test_invalid_costs_raise(bad):
     costs = np.ones([1200, 5, 8], np.float32)
     costs[17, 0, 4] = bad
     with pytest.raises(tf.errors.InvalidArgumentError, match="costs"):
-        shortest_path(costs)
+        tp.solvers.shortest_path(costs)
     with pytest.raises(tf.errors.InvalidArgumentError, match="costs"):
         _GRAPH(costs)
 

@@ -5,9 +5,10 @@ argmax, top-k, ranking, shortest paths and matchings into Keras layers and
 losses that train with `model.fit`, compile with XLA and export to SavedModel.
 """
 
-from tf_perturbed import noise, solvers
-from tf_perturbed._src.direct_loss import direct_categorical_gradient, direct_loss_gradient
-from tf_perturbed._src.fenchel_young import fenchel_young_loss
+from tf_perturbed import noise, seeds, solvers
+from tf_perturbed._src.estimators.direct import direct_categorical_gradient, direct_loss_gradient
+from tf_perturbed._src.estimators.fenchel_young import fenchel_young_loss
+from tf_perturbed._src.estimators.perturbed.api import perturbed, perturbed_max
 from tf_perturbed._src.layers.direct import DirectLossGradient
 from tf_perturbed._src.layers.noise_scale import LearnedNoiseScale
 from tf_perturbed._src.layers.perturbed import (
@@ -18,7 +19,6 @@ from tf_perturbed._src.layers.perturbed import (
 )
 from tf_perturbed._src.layers.structured import PerturbedMatching, PerturbedShortestPath
 from tf_perturbed._src.losses import FenchelYoungLoss
-from tf_perturbed._src.perturbed import perturbed, perturbed_max
 from tf_perturbed._src.solvers import builtin as _builtin  # noqa: F401  (registers the solvers)
 
 __version__ = "0.1.0"
@@ -40,5 +40,6 @@ __all__ = [
     "noise",
     "perturbed",
     "perturbed_max",
+    "seeds",
     "solvers",
 ]

@@ -186,12 +186,11 @@ def blackbox_epsilon(blackbox_lambda: float) -> float:
 def _blackbox_model(cost_model: keras.Model, args) -> keras.Model:
     """The blackbox method: images → costs `[B, g, g]` → DirectLossGradient(shortest path) → path.
 
-    The loss-perturbed costs are clipped at 0 because the solver needs costs ≥ 0.
+    The loss-perturbed costs are clipped at 0, the solver's domain (the layer's default).
     """
     layer = tf_perturbed.DirectLossGradient(
         "shortest_path",
         epsilon=blackbox_epsilon(args.blackbox_lambda),
-        min_perturbed_value=0.0,
         name="shortest_path",
     )
     return keras.Model(cost_model.input, layer(cost_model.output), name="warcraft_blackbox")
@@ -211,12 +210,10 @@ def normalize_costs(costs):
 def build_method(method: str, cost_model: keras.Model, args):
     """(model to train, loss, key of its target in a split) for one method."""
     if method == "fenchel_young":
-        # c + εZ can be negative, which the solver rejects: with additive noise it solves
-        # max(c + εZ, 0) instead (the registered solver's `clip_negative`).
-        extra = {"clip_negative": True} if args.perturbation == "additive" else {}
+        # c + εZ can be negative: with additive noise the loss solves max(c + εZ, 0), the
+        # shortest-path solver's domain (as every estimator of tf_perturbed does).
         loss = tf_perturbed.FenchelYoungLoss(
             "shortest_path",
-            **extra,
             num_samples=args.num_samples,
             sigma=args.sigma,
             perturbation=args.perturbation,

@@ -1,12 +1,13 @@
 """Keras losses: the Fenchel-Young loss bound to a solver, its noise and a seed."""
 
-from typing import Optional
+from typing import Optional, Union
 
 import keras
 
-from tf_perturbed._src import fenchel_young as fy_lib
-from tf_perturbed._src import perturbed as perturbed_lib
-from tf_perturbed._src.layers import common
+from tf_perturbed._src.base import seeds, validate
+from tf_perturbed._src.estimators import fenchel_young
+from tf_perturbed._src.estimators.perturbed import config as config_lib
+from tf_perturbed._src.solvers import registry
 
 
 @keras.saving.register_keras_serializable(package="tf_perturbed")
@@ -28,17 +29,23 @@ class FenchelYoungLoss(keras.losses.Loss):
     Args:
       solver: a registered name: `"argmax"`, `"top_k"` (with `k=`), `"ranks"`,
         `"shortest_path"`, `"assignment"`, … (or a callable, which cannot be saved).
-      num_samples: M ≥ 1 noise draws per call. Default 100.
-      sigma: ε > 0.
-      noise: `"normal"` or `"gumbel"`.
+      num_samples: M ≥ 1 noise draws per call. Default 100 (the package's one default).
+      sigma: ε > 0. Default 1.0.
+      noise: `"normal"` (default) or `"gumbel"`.
       perturbation: `"additive"`, `"multiplicative"`, or None for the solver's
-        default (multiplicative for `"shortest_path"`, additive otherwise).
+        default (multiplicative for `"shortest_path"`, additive otherwise). The
+        solver's domain is kept: additive noise on `"shortest_path"` solves
+        max(c + εZ, 0), as the op and the layers do.
       seed: int or None; each call draws new noise.
-      maximize: None to follow the solver's registration, or True/False.
+      maximize: whether the solver maximises ⟨y, θ⟩ (scores) or minimises (costs);
+        None follows the solver's registration.
+      control_variate: the baseline of the loss's second derivative (see
+        `tf_perturbed.perturbed`); the loss and its gradient do not use it.
       chunk_size: None or C ≥ 1: solve at most C of the M samples at a time
         to bound memory (see `tf_perturbed.perturbed`).
       solver_kwargs: the solver's hyper-parameters; keyword arguments not
         listed here (such as `k=3`) are added to them.
+      event_ndims: the problem's axes of a callable solver (see `tf_perturbed.perturbed`).
       reduction, name, dtype: as for every Keras loss.
 
     Example:
@@ -52,46 +59,48 @@ class FenchelYoungLoss(keras.losses.Loss):
 
     def __init__(
         self,
-        solver="argmax",
-        num_samples: int = 100,
-        sigma: float = 1.0,
-        noise: str = "normal",
+        solver: Union[str, registry.Solver] = "argmax",
+        *,
+        num_samples: int = config_lib.DEFAULT_NUM_SAMPLES,
+        sigma: float = config_lib.DEFAULT_SIGMA,
+        noise: str = config_lib.DEFAULT_NOISE,
         perturbation: Optional[str] = None,
         seed: Optional[int] = None,
         maximize: Optional[bool] = None,
+        control_variate: Union[bool, str] = config_lib.DEFAULT_CONTROL_VARIATE,
         solver_kwargs: Optional[dict] = None,
         chunk_size: Optional[int] = None,
+        event_ndims: Optional[int] = None,
         reduction: str = "sum_over_batch_size",
         name: str = "fenchel_young_loss",
         dtype=None,
         **params,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        merged = dict(solver_kwargs or {})
-        merged.update(params)
-        self._config = perturbed_lib.PerturbationConfig.create(
-            solver, num_samples, sigma, noise, perturbation, False, merged, chunk_size
+        self._config = config_lib.PerturbationConfig.create(
+            solver, num_samples, sigma, noise, perturbation, control_variate, {**(solver_kwargs or {}), **params},
+            chunk_size, event_ndims,
         )
-        self.maximize = None if maximize is None else bool(maximize)
-        self.seed = common.check_layer_seed(seed)
+        self._config.check_linear("The Fenchel-Young loss")
+        self.maximize = None if maximize is None else validate.boolean(maximize, "maximize")
+        self.seed = validate.layer_seed(seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
 
+    @property
+    def solver(self) -> registry.Solver:
+        """The bound solver."""
+        return self._config.solver
+
+    @property
+    def config(self) -> config_lib.PerturbationConfig:
+        """The checked hyper-parameters, as the op takes them."""
+        return self._config
+
     def call(self, y_true, y_pred):
-        seed = common.next_seed(self.seed_generator)
-        return fy_lib.fenchel_young_value(y_true, y_pred, seed, self._config, self.maximize)
+        seed = seeds.next_seed(self.seed_generator)
+        return fenchel_young.fenchel_young_value(y_true, y_pred, seed, self._config, self.maximize)
 
     def get_config(self):
         config = super().get_config()
-        solver_config = self._config.solver.config()
-        config.update(
-            solver=solver_config["solver"],
-            solver_kwargs=solver_config["solver_kwargs"],
-            num_samples=self._config.num_samples,
-            sigma=self._config.sigma,
-            noise=common.noise_name(self._config.noise),
-            perturbation=self._config.perturbation,
-            seed=self.seed,
-            maximize=self.maximize,
-            chunk_size=self._config.chunk_size,
-        )
+        config.update(self._config.arguments(), seed=self.seed, maximize=self.maximize)
         return config

@@ -1,28 +1,16 @@
 """The direct loss-minimization layer: hard solutions forward, loss-perturbed solves backward."""
 
-import numbers
-from typing import Optional
+from typing import Optional, Union
 
 import keras
-import tensorflow as tf
 
-from tf_perturbed._src import direct_loss as direct_lib
-from tf_perturbed._src import noise as noise_lib
-from tf_perturbed._src.layers import common
+from tf_perturbed._src.estimators import direct
+from tf_perturbed._src.layers.base import SeededLayer
 from tf_perturbed._src.solvers import registry
 
 
-def check_fixed_sigma(sigma) -> float:
-    """σ ≥ 0 and finite (0: no noise, the setting of Hazan et al.)."""
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
-        raise TypeError(f"Expected `sigma` to be a number ≥ 0, received: sigma={sigma!r}")
-    if not (0 <= sigma < float("inf")):
-        raise ValueError(f"Expected `sigma` ≥ 0 and finite, received: sigma={sigma!r}")
-    return float(sigma)
-
-
 @keras.saving.register_keras_serializable(package="tf_perturbed")
-class DirectLossGradient(keras.layers.Layer):
+class DirectLossGradient(SeededLayer):
     """Any registered solver as a layer trained by direct loss minimization.
 
     Formula:
@@ -48,11 +36,10 @@ class DirectLossGradient(keras.layers.Layer):
       epsilon_growth: None (default, no escape) or a factor > 1: problems whose
         loss-perturbed solution equals y₀ while g ≠ 0 retry with |ε| grown by it.
       max_growth_steps: at most this many retries (≥ 1). Default 30.
-      min_perturbed_value: None or a lower bound on the loss-perturbed scores/costs
-        (0.0 for solvers that need non-negative costs, such as `"shortest_path"`).
-      sigma: σ ≥ 0, a fixed noise scale added in training only. Default 0. (The
-        noise is additive: with solvers that need non-negative costs, keep the
-        costs away from 0 or leave σ = 0.)
+      min_perturbed_value: None (default: the solver's domain, e.g. costs ≥ 0 for
+        `"shortest_path"`, to which every problem handed to the solver is clipped)
+        or another lower bound.
+      sigma: σ ≥ 0, a fixed noise scale added in training only. Default 0.
       noise: `"gumbel"` (default) or `"normal"` (or another registered name).
       seed: int or None; each training call draws new noise.
       solver_kwargs: the solver's hyper-parameters, e.g. `{"k": 3}`.
@@ -71,7 +58,8 @@ class DirectLossGradient(keras.layers.Layer):
 
     def __init__(
         self,
-        solver: str,
+        solver: Union[str, registry.Solver],
+        *,
         epsilon: float = -1.0,
         normalize: str = "max_abs",
         epsilon_growth: Optional[float] = None,
@@ -83,42 +71,33 @@ class DirectLossGradient(keras.layers.Layer):
         solver_kwargs: Optional[dict] = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self._config = direct_lib.DirectLossConfig.create(
-            solver, epsilon, normalize, epsilon_growth, max_growth_steps, solver_kwargs, min_perturbed_value
+        super().__init__(seed=seed, **kwargs)
+        self._config = direct.DirectLossConfig.create(
+            solver, epsilon, normalize, epsilon_growth, max_growth_steps, solver_kwargs, min_perturbed_value,
+            sigma, noise,
         )
-        self.sigma = check_fixed_sigma(sigma)
-        self._noise = noise_lib.get_noise(noise)
-        self.seed = common.check_layer_seed(seed)
-        self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     @property
     def solver(self) -> registry.Solver:
+        """The bound solver."""
         return self._config.solver
 
+    @property
+    def sigma(self) -> float:
+        """σ, the scale of the noise added in training (0: none)."""
+        return self._config.sigma
+
+    @property
+    def config(self) -> direct.DirectLossConfig:
+        """The checked hyper-parameters, as the op takes them."""
+        return self._config
+
     def call(self, inputs, training=None):
-        theta = common.float_inputs(inputs, self.compute_dtype)
-        if training and self.sigma > 0:
-            seed = common.next_seed(self.seed_generator)
-            noise_dtype = tf.float32 if theta.dtype in (tf.float16, tf.bfloat16) else theta.dtype
-            gamma = self._noise.sample(tf.shape(theta), seed, noise_dtype)  # [..., *event]
-            theta = theta + tf.cast(self.sigma * gamma, theta.dtype)
-        return direct_lib.direct_solution(theta, self._config)
+        seed = self.next_seed() if training and self._config.sigma > 0 else None
+        return direct.direct_solution(self.float_inputs(inputs), self._config, seed)
 
     def compute_output_shape(self, input_shape):
         return self.solver.output_shape(tuple(input_shape))
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(self.solver.config())
-        config.update(
-            epsilon=self._config.epsilon,
-            normalize=self._config.normalize,
-            epsilon_growth=self._config.epsilon_growth,
-            max_growth_steps=self._config.max_growth_steps,
-            min_perturbed_value=self._config.min_perturbed_value,
-            sigma=self.sigma,
-            noise=common.noise_name(self._noise),
-            seed=self.seed,
-        )
-        return config
+    def arguments(self) -> dict:
+        return self._config.arguments()

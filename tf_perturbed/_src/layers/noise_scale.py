@@ -1,39 +1,18 @@
 """A learned, input-dependent noise scale σ(x) for randomly perturbed predictors."""
 
-import math
-import numbers
 from typing import Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from tf_perturbed._src import noise as noise_lib
-from tf_perturbed._src.layers import common
-
-
-def _positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Expected `{name}` to be a positive number, received: {name}={value!r}")
-    if not (0 < value < float("inf")):
-        raise ValueError(f"Expected `{name}` > 0 and finite, received: {name}={value!r}")
-    return float(value)
-
-
-def _inverse_softplus(x: float) -> float:
-    """h with softplus(h) = x > 0, stable for large and small x."""
-    return x + math.log(-math.expm1(-x))
-
-
-def _static_size(shape, what: str) -> int:
-    dims = tuple(shape)
-    if any(d is None for d in dims):
-        raise ValueError(f"Expected {what} with known non-batch dimensions, received shape {tuple(shape)}")
-    return int(np.prod(dims, dtype=np.int64))
+from tf_perturbed._src.base import noise as noise_lib
+from tf_perturbed._src.base import validate
+from tf_perturbed._src.estimators import learned_noise
+from tf_perturbed._src.layers.base import SeededLayer
 
 
 @keras.saving.register_keras_serializable(package="tf_perturbed")
-class LearnedNoiseScale(keras.layers.Layer):
+class LearnedNoiseScale(SeededLayer):
     """Adds σ(x)·γ to scores in training, with σ(x) > 0 learned from features x.
 
     Formula:
@@ -96,6 +75,7 @@ class LearnedNoiseScale(keras.layers.Layer):
 
     def __init__(
         self,
+        *,
         noise: str = "gumbel",
         min_sigma: float = 1e-3,
         initial_sigma: float = 1.0,
@@ -106,17 +86,16 @@ class LearnedNoiseScale(keras.layers.Layer):
         seed: Optional[int] = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         self._noise = noise_lib.get_noise(noise)
-        self.min_sigma = _positive_float(min_sigma, "min_sigma")
-        self.initial_sigma = _positive_float(initial_sigma, "initial_sigma")
+        self.min_sigma = validate.real(min_sigma, "min_sigma", above=0.0)
+        self.initial_sigma = validate.real(initial_sigma, "initial_sigma", above=0.0)
         if self.initial_sigma <= self.min_sigma:
             raise ValueError(
                 "Expected `initial_sigma` > `min_sigma`, received: "
                 f"initial_sigma={initial_sigma!r}, min_sigma={min_sigma!r}"
             )
-        if not isinstance(per_entry, bool):
-            raise TypeError(f"Expected `per_entry` to be a bool, received: per_entry={per_entry!r}")
+        self.per_entry = validate.boolean(per_entry, "per_entry")
         if isinstance(sigma_model, dict):
             sigma_model = keras.saving.deserialize_keras_object(sigma_model)
         if sigma_model is not None and not isinstance(sigma_model, keras.layers.Layer):
@@ -128,14 +107,9 @@ class LearnedNoiseScale(keras.layers.Layer):
                 "Expected `per_entry=False` with a `sigma_model` (the size of its output decides), "
                 f"received: per_entry={per_entry!r}"
             )
-        if not isinstance(return_sigma, bool):
-            raise TypeError(f"Expected `return_sigma` to be a bool, received: return_sigma={return_sigma!r}")
-        self.per_entry = per_entry
         self.sigma_model = sigma_model
-        self.sigma_lr_scale = _positive_float(sigma_lr_scale, "sigma_lr_scale")
-        self.return_sigma = return_sigma
-        self.seed = common.check_layer_seed(seed)
-        self.seed_generator = keras.random.SeedGenerator(self.seed)
+        self.sigma_lr_scale = validate.real(sigma_lr_scale, "sigma_lr_scale", above=0.0)
+        self.return_sigma = validate.boolean(return_sigma, "return_sigma")
         self.sigma_metric = keras.metrics.Mean(name=f"{self.name}_sigma")
 
     @staticmethod
@@ -149,9 +123,9 @@ class LearnedNoiseScale(keras.layers.Layer):
     def build(self, input_shape):
         scores_shape, features_shape = self._split(input_shape, "input_shape")
         if self.sigma_model is None:
-            features = _static_size(features_shape[1:], "features")
-            units = _static_size(scores_shape[1:], "scores") if self.per_entry else 1
-            bias = _inverse_softplus(self.initial_sigma - self.min_sigma) / self.sigma_lr_scale
+            features = learned_noise.static_size(features_shape[1:], "features")
+            units = learned_noise.static_size(scores_shape[1:], "scores") if self.per_entry else 1
+            bias = learned_noise.inverse_softplus(self.initial_sigma - self.min_sigma) / self.sigma_lr_scale
             self.sigma_kernel = self.add_weight(
                 name="sigma_kernel", shape=(features, units), initializer="zeros"
             )
@@ -161,58 +135,26 @@ class LearnedNoiseScale(keras.layers.Layer):
         elif not self.sigma_model.built:
             self.sigma_model.build(tuple(features_shape))
 
-    def _lr_scaled(self, weight):
-        """s·U forward, the gradient of W = s·U passed to U unchanged."""
-        s = self.sigma_lr_scale
-        if s == 1.0:
-            return weight
-        return weight + tf.stop_gradient((s - 1.0) * weight)
-
     def _pre_activation(self, features):
-        if self.sigma_model is None:
-            batch = tf.shape(features)[0]
-            x = tf.reshape(features, [batch, -1])  # [B, f]
-            kernel = tf.cast(self._lr_scaled(self.sigma_kernel), x.dtype)
-            bias = tf.cast(self._lr_scaled(self.sigma_bias), x.dtype)
-            return tf.matmul(x, kernel) + bias  # [B, units]
-        h = self.sigma_model(features)  # [B, ...]
+        """h(x) `[B, units]` (built-in head) or the sub-model's output, with σ's learning-rate scale."""
         s = self.sigma_lr_scale
-        if s != 1.0:
-            h = s * h + (1.0 - s) * tf.stop_gradient(h)
-        return h
-
-    def _sigma(self, features, scores):
-        """σ(x), reshaped to broadcast against scores: `[B, 1, …]` or the scores' shape."""
-        h = self._pre_activation(features)
-        size = _static_size(h.shape[1:], "sigma_model outputs")
-        entries = scores.shape[1:]
-        per_entry_size = None if any(d is None for d in entries) else int(np.prod(entries, dtype=np.int64))
-        if size == 1:
-            target = tf.concat([tf.shape(scores)[:1], tf.ones([scores.shape.rank - 1], tf.int32)], 0)
-        elif size == per_entry_size:
-            target = tf.shape(scores)
-        else:
-            raise ValueError(
-                "Expected σ's head to give 1 value per example or one per score entry "
-                f"({per_entry_size}), received: {size} values per example (h.shape={h.shape}, "
-                f"scores.shape={scores.shape})"
-            )
-        sigma = tf.nn.softplus(tf.cast(h, tf.float32)) + self.min_sigma
-        return tf.reshape(sigma, target)  # [B, 1, …, 1] or [B, *event]
+        if self.sigma_model is None:
+            x = tf.reshape(features, [tf.shape(features)[0], -1])  # [B, f]
+            kernel = tf.cast(learned_noise.learning_rate_scaled(self.sigma_kernel, s), x.dtype)
+            bias = tf.cast(learned_noise.learning_rate_scaled(self.sigma_bias, s), x.dtype)
+            return tf.matmul(x, kernel) + bias  # [B, units]
+        return learned_noise.gradient_scaled(self.sigma_model(features), s)  # [B, ...]
 
     def call(self, inputs, training=None):
         scores, features = self._split(inputs)
-        scores = common.float_inputs(scores, self.compute_dtype, "scores")
-        features = common.float_inputs(features, self.compute_dtype, "features")
+        scores = self.float_inputs(scores, "scores")
+        features = self.float_inputs(features, "features")
         if not (training or self.return_sigma):
             return scores
-        sigma = self._sigma(features, scores)  # float32
+        sigma = learned_noise.noise_scale(self._pre_activation(features), scores, self.min_sigma)  # float32
         out = scores
         if training:
-            seed = common.next_seed(self.seed_generator)
-            noise_dtype = tf.float32 if scores.dtype in (tf.float16, tf.bfloat16) else scores.dtype
-            gamma = self._noise.sample(tf.shape(scores), seed, noise_dtype)  # [B, *event]
-            out = scores + tf.cast(tf.cast(sigma, noise_dtype) * gamma, scores.dtype)
+            out = learned_noise.perturb_scores(scores, sigma, self.next_seed(), self._noise)
             self.sigma_metric.update_state(sigma)
         if self.return_sigma:
             return out, tf.cast(sigma, scores.dtype)
@@ -223,7 +165,7 @@ class LearnedNoiseScale(keras.layers.Layer):
             per_entry = self.per_entry
         else:
             h_shape = self.sigma_model.compute_output_shape(tuple(features_shape))
-            per_entry = _static_size(h_shape[1:], "sigma_model outputs") != 1
+            per_entry = learned_noise.static_size(h_shape[1:], "sigma_model outputs") != 1
         if per_entry:
             return tuple(scores_shape)
         return (scores_shape[0],) + (1,) * (len(scores_shape) - 1)
@@ -234,10 +176,9 @@ class LearnedNoiseScale(keras.layers.Layer):
             return tuple(scores_shape)
         return tuple(scores_shape), self._sigma_shape(scores_shape, features_shape)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            noise=common.noise_name(self._noise),
+    def arguments(self) -> dict:
+        return dict(
+            noise=noise_lib.noise_name(self._noise),
             min_sigma=self.min_sigma,
             initial_sigma=self.initial_sigma,
             per_entry=self.per_entry,
@@ -246,6 +187,4 @@ class LearnedNoiseScale(keras.layers.Layer):
             ),
             sigma_lr_scale=self.sigma_lr_scale,
             return_sigma=self.return_sigma,
-            seed=self.seed,
         )
-        return config

@@ -1,37 +1,49 @@
 """Perturbed-optimizer layers: the perturbed mean in training, the hard solution at inference."""
 
-from typing import Optional
+from typing import Any, ClassVar, Optional, TypedDict, Union
+
+try:
+    from typing import Unpack
+except ImportError:  # Python 3.10
+    from typing_extensions import Unpack
 
 import keras
-import tensorflow as tf
 
-from tf_perturbed._src import perturbed as perturbed_lib
-from tf_perturbed._src.layers import common
+from tf_perturbed._src.base import validate
+from tf_perturbed._src.estimators.perturbed import config as config_lib
+from tf_perturbed._src.estimators.perturbed import jacobian
+from tf_perturbed._src.layers.base import INFERENCE_MODES, SeededLayer
 from tf_perturbed._src.solvers import registry
+
+_DEFAULTS = config_lib
 
 
 @keras.saving.register_keras_serializable(package="tf_perturbed")
-class PerturbedOptimizer(keras.layers.Layer):
-    """Any registered solver as a layer: ŷ_ε(θ) = E[y*(θ + εZ)] in training.
+class PerturbedOptimizer(SeededLayer):
+    """Any solver as a layer: ŷ_ε(θ) = E[y*(θ + εZ)] in training, y*(θ) at inference.
 
     Formula:
       training:  ŷ_ε(θ) ≈ (1/M) Σ_m y*(θ + εZ_m), gradient by the Monte-Carlo Jacobian
       inference: y*(θ) (`inference="hard"`) or ŷ_ε(θ) (`inference="perturbed"`)
 
+    Exactly `tf_perturbed.perturbed(solver, …)(θ, seed=s)` in training, s being the
+    call's seed (see `SeededLayer`).
+
     Args:
-      solver: a registered solver name (see `tf_perturbed.solvers.registered_solvers()`).
+      solver: a registered solver name (see `tf_perturbed.solvers.registered_solvers()`),
+        a `Solver`, or a callable (which works but cannot be saved).
       num_samples: M ≥ 1, noise draws per call. Default 100.
       sigma: ε > 0, the noise scale. Default 1.0.
-      noise: `"normal"` or `"gumbel"` (or another registered name).
-      perturbation: `"additive"` or `"multiplicative"` (for positive inputs);
-        None takes the solver's default.
-      control_variate: a baseline in the Jacobian (lower variance, no bias):
-        True, False, `"leave_one_out"` or `"hard"` (see `tf_perturbed.perturbed`).
-      inference: `"hard"` or `"perturbed"`, what the layer returns outside training.
+      noise: `"normal"` (default) or `"gumbel"` (or another registered name).
+      perturbation: `"additive"` or `"multiplicative"`; None takes the solver's default.
+      control_variate: True (default: the mean of the other M − 1 samples),
+        `"hard"` (y*(θ)), `"leave_one_out"` or False; see `tf_perturbed.perturbed`.
+      inference: `"hard"` (default) or `"perturbed"`, what the layer returns outside training.
       seed: int or None; each call draws new noise from a `keras.random.SeedGenerator`.
       solver_kwargs: the solver's hyper-parameters, e.g. `{"k": 3}`.
       chunk_size: None or C ≥ 1: solve at most C of the M samples at a time,
         forward and backward, to bound memory (see `tf_perturbed.perturbed`).
+      event_ndims, output_ndims: the axes of a callable solver (see `tf_perturbed.perturbed`).
 
     Input shape: `[..., *event]` (event: `[d]`, or `[H, W]` / `[n, n]` for 2-D solvers).
     Output shape: the solver's (`[..., d]`, or `[..., d, d]` for sort permutations).
@@ -45,61 +57,78 @@ class PerturbedOptimizer(keras.layers.Layer):
       Berthet et al. (2020), Learning with Differentiable Perturbed Optimizers.
     """
 
+    SOLVER: ClassVar[Optional[str]] = None  # the solver of a subclass bound to one
+
     def __init__(
         self,
-        solver: str,
-        num_samples: int = 100,
-        sigma: float = 1.0,
-        noise: str = "normal",
+        solver: Union[str, registry.Solver, object],
+        *,
+        num_samples: int = _DEFAULTS.DEFAULT_NUM_SAMPLES,
+        sigma: float = _DEFAULTS.DEFAULT_SIGMA,
+        noise: str = _DEFAULTS.DEFAULT_NOISE,
         perturbation: Optional[str] = None,
-        control_variate: bool = True,
+        control_variate: Union[bool, str] = _DEFAULTS.DEFAULT_CONTROL_VARIATE,
         inference: str = "hard",
         seed: Optional[int] = None,
         solver_kwargs: Optional[dict] = None,
         chunk_size: Optional[int] = None,
+        event_ndims: Optional[int] = None,
+        output_ndims: Optional[int] = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self._config = perturbed_lib.PerturbationConfig.create(
-            solver, num_samples, sigma, noise, perturbation, control_variate, solver_kwargs, chunk_size
+        super().__init__(seed=seed, **kwargs)
+        self._config = config_lib.PerturbationConfig.create(
+            solver, num_samples, sigma, noise, perturbation, control_variate, solver_kwargs, chunk_size,
+            event_ndims, output_ndims,
         )
-        self.control_variate = control_variate
-        self.inference = common.check_inference(inference)
-        self.seed = common.check_layer_seed(seed)
-        self.seed_generator = keras.random.SeedGenerator(self.seed)
+        self.inference = validate.choice(inference, "inference", INFERENCE_MODES)
 
     @property
     def solver(self) -> registry.Solver:
+        """The bound solver: `layer.solver(theta)` is the hard solution."""
         return self._config.solver
 
+    @property
+    def control_variate(self):
+        """The control variate in use: "leave_one_out", "hard" or None."""
+        return self._config.control_variate
+
+    @property
+    def config(self) -> config_lib.PerturbationConfig:
+        """The checked hyper-parameters, as the ops take them."""
+        return self._config
+
     def call(self, inputs, training=None):
-        inputs = common.float_inputs(inputs, self.compute_dtype)
+        theta = self.float_inputs(inputs)
         if training or self.inference == "perturbed":
-            seed = common.next_seed(self.seed_generator)
-            return perturbed_lib.perturbed_mean(inputs, seed, self._config)
-        return tf.cast(self.solver(inputs), inputs.dtype)
+            return jacobian.perturbed_mean(theta, self.next_seed(), self._config)
+        return jacobian.hard_solution(theta, self._config)
 
     def compute_output_shape(self, input_shape):
         return self.solver.output_shape(tuple(input_shape))
 
-    def _base_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            num_samples=self._config.num_samples,
-            sigma=self._config.sigma,
-            noise=common.noise_name(self._config.noise),
-            perturbation=self._config.perturbation,
-            control_variate=self.control_variate,
-            inference=self.inference,
-            seed=self.seed,
-            chunk_size=self._config.chunk_size,
-        )
-        return config
+    def arguments(self) -> dict:
+        arguments = dict(self._config.arguments(), inference=self.inference)
+        if self.SOLVER is not None:  # a subclass bound to one solver takes its hyper-parameters directly
+            del arguments["solver"]
+            arguments.update(arguments.pop("solver_kwargs"))
+        return arguments
 
-    def get_config(self):
-        config = self._base_config()
-        config.update(self.solver.config())
-        return config
+
+class PerturbedArguments(TypedDict, total=False):
+    """The keyword arguments of a perturbed layer bound to one solver (see `PerturbedOptimizer`)."""
+
+    num_samples: int
+    sigma: float
+    noise: str
+    perturbation: Optional[str]
+    control_variate: Union[bool, str]
+    inference: str
+    seed: Optional[int]
+    chunk_size: Optional[int]
+    name: Optional[str]
+    dtype: Any
+    trainable: bool
 
 
 @keras.saving.register_keras_serializable(package="tf_perturbed")
@@ -107,30 +136,17 @@ class PerturbedArgmax(PerturbedOptimizer):
     """Perturbed one-hot argmax: a smooth, trainable `argmax` over the last axis.
 
     With Gumbel noise its training output is softmax(θ/σ). Input `[..., d]`,
-    output `[..., d]`. Arguments as `PerturbedOptimizer`, without `solver`.
+    output `[..., d]`. Arguments as `PerturbedOptimizer`, keyword-only, without `solver`.
 
     Example:
       >>> PerturbedArgmax(num_samples=10, seed=0)(tf.constant([[1.0, 3.0]]), training=True).shape
       TensorShape([1, 2])
     """
 
-    def __init__(
-        self,
-        num_samples=100,
-        sigma=1.0,
-        noise="normal",
-        perturbation="additive",
-        control_variate=True,
-        inference="hard",
-        seed=None,
-        **kwargs,
-    ):
-        super().__init__(
-            "argmax", num_samples, sigma, noise, perturbation, control_variate, inference, seed, **kwargs
-        )
+    SOLVER = "argmax"
 
-    def get_config(self):
-        return self._base_config()
+    def __init__(self, **kwargs: Unpack[PerturbedArguments]):
+        super().__init__(self.SOLVER, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="tf_perturbed")
@@ -139,7 +155,7 @@ class PerturbedTopK(PerturbedOptimizer):
 
     Args:
       k: number of selected entries, 1 ≤ k ≤ d.
-      Others as `PerturbedOptimizer`.
+      **kwargs: as `PerturbedOptimizer`, keyword-only, without `solver`.
 
     Input `[..., d]`, output `[..., d]` (entries in [0, 1] summing to k).
 
@@ -148,30 +164,10 @@ class PerturbedTopK(PerturbedOptimizer):
       TensorShape([1, 3])
     """
 
-    def __init__(
-        self,
-        k: int,
-        num_samples=100,
-        sigma=1.0,
-        noise="normal",
-        perturbation="additive",
-        control_variate=True,
-        inference="hard",
-        seed=None,
-        **kwargs,
-    ):
-        super().__init__(
-            "top_k",
-            num_samples,
-            sigma,
-            noise,
-            perturbation,
-            control_variate,
-            inference,
-            seed,
-            solver_kwargs={"k": k},
-            **kwargs,
-        )
+    SOLVER = "top_k"
+
+    def __init__(self, *, k: int, **kwargs: Unpack[PerturbedArguments]):
+        super().__init__(self.SOLVER, solver_kwargs={"k": k}, **kwargs)
         self.k = self.solver.kwargs["k"]
 
     def build(self, input_shape):
@@ -180,38 +176,20 @@ class PerturbedTopK(PerturbedOptimizer):
             raise ValueError(f"Expected `k` ≤ d = {d} (the input's last axis), received: k={self.k}")
         super().build(input_shape)
 
-    def get_config(self):
-        config = self._base_config()
-        config["k"] = self.k
-        return config
-
 
 @keras.saving.register_keras_serializable(package="tf_perturbed")
 class PerturbedRanks(PerturbedOptimizer):
     """Perturbed ascending ranks (0 … d−1) over the last axis: differentiable ranking.
 
     Input `[..., d]`, output `[..., d]` (expected ranks). Arguments as
-    `PerturbedOptimizer`, without `solver`.
+    `PerturbedOptimizer`, keyword-only, without `solver`.
 
     Example:
       >>> PerturbedRanks(num_samples=10, seed=0)(tf.constant([[0.5, -1.0, 2.0]])).numpy()
       array([[1., 0., 2.]], dtype=float32)
     """
 
-    def __init__(
-        self,
-        num_samples=100,
-        sigma=1.0,
-        noise="normal",
-        perturbation="additive",
-        control_variate=True,
-        inference="hard",
-        seed=None,
-        **kwargs,
-    ):
-        super().__init__(
-            "ranks", num_samples, sigma, noise, perturbation, control_variate, inference, seed, **kwargs
-        )
+    SOLVER = "ranks"
 
-    def get_config(self):
-        return self._base_config()
+    def __init__(self, **kwargs: Unpack[PerturbedArguments]):
+        super().__init__(self.SOLVER, **kwargs)

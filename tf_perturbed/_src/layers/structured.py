@@ -1,15 +1,13 @@
 """Perturbed layers over the structured solvers: grid shortest paths and assignment."""
 
-from typing import Optional
-
 import keras
 
-from tf_perturbed._src.layers.perturbed import PerturbedOptimizer
+from tf_perturbed._src.layers.perturbed import PerturbedArguments, PerturbedOptimizer, Unpack
 
 
 @keras.saving.register_keras_serializable(package="tf_perturbed")
 class PerturbedShortestPath(PerturbedOptimizer):
-    """Perturbed shortest path on a grid of positive vertex costs.
+    """Perturbed shortest path on a grid of vertex costs.
 
     The path runs from the top-left to the bottom-right vertex and pays the cost
     of every vertex it visits (the Warcraft setting). In training the layer
@@ -18,17 +16,14 @@ class PerturbedShortestPath(PerturbedOptimizer):
     Formula:
       multiplicative (default): c' = c ⊙ exp(εZ − ε²/2), Z ~ N(0, I); the
         Jacobian divides by ε·c, so costs must be > 0 (e.g. softplus(·) + 1e-3).
-      additive: c' = max(c + εZ, 0) when `clip_negative` (default for additive).
+      additive: c' = max(c + εZ, 0): the solver's domain is costs ≥ 0, and the
+        perturbed costs are clipped to it, as in `tf_perturbed.perturbed` and
+        `FenchelYoungLoss("shortest_path")` (at inference, y*(max(c, 0))).
 
     Args:
-      num_samples: M ≥ 1. Default 100.
-      sigma: ε > 0. Default 1.0 — for multiplicative noise a relative scale,
-        0.1–1 is typical.
-      noise: `"normal"` or `"gumbel"`.
-      perturbation: `"multiplicative"` (default) or `"additive"`.
       neighbourhood: 8 (king moves, default) or 4.
-      clip_negative: clip perturbed costs at 0; default True for additive noise.
-      control_variate, inference, seed: as `PerturbedOptimizer`.
+      **kwargs: as `PerturbedOptimizer`, keyword-only, without `solver`. `sigma`
+        (default 1.0) is a relative scale for multiplicative noise: 0.1–1 is typical.
 
     Input shape: costs `[..., H, W]`. Output shape: path masks `[..., H, W]`.
 
@@ -41,39 +36,19 @@ class PerturbedShortestPath(PerturbedOptimizer):
       Berthet et al. (2020) §5.3; Vlastelica et al. (2020).
     """
 
-    def __init__(
-        self,
-        num_samples: int = 100,
-        sigma: float = 1.0,
-        noise: str = "normal",
-        perturbation: str = "multiplicative",
-        neighbourhood: int = 8,
-        clip_negative: Optional[bool] = None,
-        control_variate=True,
-        inference: str = "hard",
-        seed: Optional[int] = None,
-        **kwargs,
-    ):
-        clip = (perturbation == "additive") if clip_negative is None else clip_negative
-        super().__init__(
-            "shortest_path",
-            num_samples,
-            sigma,
-            noise,
-            perturbation,
-            control_variate,
-            inference,
-            seed,
-            solver_kwargs={"neighbourhood": neighbourhood, "clip_negative": clip},
-            **kwargs,
-        )
-        self.neighbourhood = self.solver.kwargs["neighbourhood"]
-        self.clip_negative = clip_negative
+    SOLVER = "shortest_path"
 
-    def get_config(self):
-        config = self._base_config()
-        config.update(neighbourhood=self.neighbourhood, clip_negative=self.clip_negative)
-        return config
+    def __init__(self, *, neighbourhood: int = 8, **kwargs: Unpack[PerturbedArguments]):
+        super().__init__(self.SOLVER, solver_kwargs={"neighbourhood": neighbourhood}, **kwargs)
+        self.neighbourhood = self.solver.kwargs["neighbourhood"]
+
+    @classmethod
+    def from_config(cls, config):
+        # Configs written by tf_perturbed 0.1 hold `clip_negative`: perturbed costs are now
+        # always clipped to the solver's domain (costs ≥ 0), which is what it chose.
+        config = dict(config)
+        config.pop("clip_negative", None)
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="tf_perturbed")
@@ -85,7 +60,7 @@ class PerturbedMatching(PerturbedOptimizer):
       (a doubly-stochastic matrix in training, a permutation at inference)
 
     Args:
-      As `PerturbedOptimizer`, without `solver`.
+      **kwargs: as `PerturbedOptimizer`, keyword-only, without `solver`.
 
     Input shape: scores `[..., n, n]`. Output shape: `[..., n, n]`.
 
@@ -94,20 +69,7 @@ class PerturbedMatching(PerturbedOptimizer):
       TensorShape([1, 3, 3])
     """
 
-    def __init__(
-        self,
-        num_samples: int = 100,
-        sigma: float = 1.0,
-        noise: str = "normal",
-        perturbation: str = "additive",
-        control_variate=True,
-        inference: str = "hard",
-        seed: Optional[int] = None,
-        **kwargs,
-    ):
-        super().__init__(
-            "assignment", num_samples, sigma, noise, perturbation, control_variate, inference, seed, **kwargs
-        )
+    SOLVER = "assignment"
 
-    def get_config(self):
-        return self._base_config()
+    def __init__(self, **kwargs: Unpack[PerturbedArguments]):
+        super().__init__(self.SOLVER, **kwargs)

@@ -27,7 +27,8 @@ many small steps is about 30× slower in the TensorFlow executor.
 
 import tensorflow as tf
 
-from tf_perturbed._src.solvers import _checks, _halves
+from tf_perturbed._src.base import validate
+from tf_perturbed._src.solvers import _halves
 
 _INF = float("inf")
 
@@ -374,11 +375,11 @@ def assignment(scores: tf.Tensor) -> tf.Tensor:
         Aerospace and Electronic Systems 52(4), 2016.
     """
     scores = tf.convert_to_tensor(scores)
-    dtype = _checks.float_dtype(scores.dtype)
+    dtype = validate.output_float_dtype(scores.dtype)
     if scores.dtype.is_integer:
         # float64 holds integers exactly up to 2^53, float32 only up to 2^24.
         scores = tf.cast(scores, tf.float64)
-    scores, _ = _checks.scores(scores, "scores", min_rank=2)
+    scores, _ = validate.scores(scores, "scores", min_rank=2)
     scores = _square(scores)
     shape = tf.shape(scores)
     n = shape[-1]

@@ -10,7 +10,26 @@ XLA-compilable.
 
 import tensorflow as tf
 
-from tf_perturbed._src.solvers import _checks
+from tf_perturbed._src.base import tf_compat, validate
+
+
+def _nan_rows(theta: tf.Tensor, y: tf.Tensor, extra_ndims: int = 0) -> tf.Tensor:
+    """y with the solution of every problem whose scores hold a NaN set to NaN.
+
+    A NaN score has no place in an order, and argmax, top-k and sorts each treat
+    it differently (XLA and the TF kernels differ too), so the solvers mark such
+    problems as NaN instead of returning a vertex that silently depends on it.
+
+    Args:
+      theta: scores `[..., d]` (integer scores hold no NaN and are returned as is).
+      y: solutions `[..., d, (extra axes)]` of a float dtype.
+      extra_ndims: trailing axes of y beyond theta's last (1 for permutation matrices).
+    """
+    if not theta.dtype.is_floating:
+        return y
+    bad = tf.reduce_any(tf.math.is_nan(theta), axis=-1)  # [...]
+    bad = tf.reshape(bad, tf.concat([tf.shape(bad), tf.ones([1 + extra_ndims], tf.int32)], 0))  # [..., 1(, 1)]
+    return tf.where(bad, tf.constant(float("nan"), y.dtype), y)
 
 
 def argmax(theta: tf.Tensor) -> tf.Tensor:
@@ -32,9 +51,9 @@ def argmax(theta: tf.Tensor) -> tf.Tensor:
         >>> argmax(tf.constant([0.1, 2.0, -1.0])).numpy()
         array([0., 1., 0.], dtype=float32)
     """
-    theta, dtype = _checks.scores(theta, "theta", min_rank=1)
+    theta, dtype = validate.scores(theta, "theta", min_rank=1)
     index = tf.argmax(theta, axis=-1)  # [...]
-    return _checks.nan_rows(theta, tf.one_hot(index, tf.shape(theta)[-1], dtype=dtype))
+    return _nan_rows(theta, tf.one_hot(index, tf.shape(theta)[-1], dtype=dtype))
 
 
 def top_k(theta: tf.Tensor, k: int) -> tf.Tensor:
@@ -57,14 +76,14 @@ def top_k(theta: tf.Tensor, k: int) -> tf.Tensor:
         >>> top_k(tf.constant([0.1, 2.0, -1.0, 0.5]), k=2).numpy()
         array([0. , 1., 0., 1.], dtype=float32)
     """
-    theta, dtype = _checks.scores(theta, "theta", min_rank=1)
+    theta, dtype = validate.scores(theta, "theta", min_rank=1)
     d = theta.shape[-1]
-    k = _checks.positive_int(k, "k")
+    k = validate.integer(k, "k")
     if d is not None and k > d:
         raise ValueError(f"Expected `k` ≤ d = {d} (the size of theta's last axis), received: k={k}")
     _, indices = tf.math.top_k(theta, k=k, sorted=False)  # [..., k]
     hot = tf.one_hot(indices, tf.shape(theta)[-1], dtype=dtype)  # [..., k, d]
-    return _checks.nan_rows(theta, tf.reduce_sum(hot, axis=-2))  # [..., d]
+    return _nan_rows(theta, tf.reduce_sum(hot, axis=-2))  # [..., d]
 
 
 def _ranks_by_counting(theta: tf.Tensor) -> tf.Tensor:
@@ -86,7 +105,7 @@ def _inverse_permutation(order: tf.Tensor) -> tf.Tensor:
     n = tf.shape(rows)[0]
     offsets = tf.range(n)[:, None] * d  # [N, 1]
     flat = tf.reshape(rows + offsets, [-1])  # [N·d]  positions in the flattened batch
-    if _in_xla_context():
+    if tf_compat.in_xla_context():
         # XLA has no InvertPermutation kernel; a scatter of 0…d−1 is a single pass.
         values = tf.reshape(tf.broadcast_to(tf.range(d), [n, d]), [-1])  # [N·d]
         inverse = tf.scatter_nd(flat[:, None], values, tf.reshape(n * d, [1]))  # [N·d]
@@ -120,15 +139,13 @@ def _ranks_by_packed_sort_xla(theta: tf.Tensor) -> tf.Tensor:
     operand with a plain `<` about 10× faster on CPU than the float (key, index)
     pair that `tf.argsort` lowers to, whose comparator orders floats by their bits.
     """
-    from tensorflow.compiler.tf2xla.python import xla as tf2xla  # noqa: PLC0415
-
     d = tf.shape(theta)[-1]
     theta = _positive_zeros(theta)  # −0.0 and +0.0 tie: give them one key
     bits = tf.bitcast(theta, tf.int32)  # [..., d]
     # Negative floats: flipping the 31 low bits reverses their order and keeps them below the positives.
     monotone = tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(0x7FFFFFFF, tf.int32)), bits)
     keys = tf.cast(monotone, tf.int64) * (2**32) + tf.range(d, dtype=tf.int64)  # [..., d]
-    keys = tf2xla.sort(keys)  # [..., d]  ascending along the last axis
+    keys = tf_compat.xla_sort(keys)  # [..., d]  ascending along the last axis
     order = tf.cast(tf.bitwise.bitwise_and(keys, tf.constant(_LOW_32_BITS, tf.int64)), tf.int32)  # [..., d]
     return _inverse_permutation(order)  # [..., d]
 
@@ -142,18 +159,9 @@ def _ranks_by_packed_sort(theta: tf.Tensor) -> tf.Tensor:
         raise TypeError(
             f"Expected float32 scores for method='packed', received: theta.dtype={theta.dtype.name}"
         )
-    if _in_xla_context():
+    if tf_compat.in_xla_context():
         return _ranks_by_packed_sort_xla(theta)
     return _packed_sort_jit(theta)
-
-
-def _in_xla_context() -> bool:
-    """Whether ops built now will be compiled by XLA (inside `jit_compile=True`)."""
-    graph = tf.compat.v1.get_default_graph()
-    # pylint: disable=protected-access
-    from tensorflow.python.ops import control_flow_util  # noqa: PLC0415
-
-    return control_flow_util.GraphOrParentsInXlaContext(graph)
 
 
 # Under XLA on CPU, pairwise counting compiles to a vectorised loop up to d = 32 and is
@@ -180,7 +188,7 @@ def integer_ranks(theta: tf.Tensor, method: str = "auto") -> tf.Tensor:
       TypeError: for `method="packed"` and non-float32 scores.
     """
     if method == "auto":
-        if not _in_xla_context():
+        if not tf_compat.in_xla_context():
             method = "sort"
         elif theta.shape[-1] is not None and theta.shape[-1] <= _COUNT_MAX_D:
             method = "count"
@@ -217,8 +225,8 @@ def ranks(theta: tf.Tensor) -> tf.Tensor:
         >>> ranks(tf.constant([0.3, -1.0, 2.0])).numpy()
         array([1., 0., 2.], dtype=float32)
     """
-    theta, dtype = _checks.scores(theta, "theta", min_rank=1)
-    return _checks.nan_rows(theta, tf.cast(integer_ranks(theta), dtype))
+    theta, dtype = validate.scores(theta, "theta", min_rank=1)
+    return _nan_rows(theta, tf.cast(integer_ranks(theta), dtype))
 
 
 def sort_permutation(theta: tf.Tensor) -> tf.Tensor:
@@ -240,7 +248,7 @@ def sort_permutation(theta: tf.Tensor) -> tf.Tensor:
                       [1., 0., 0.],
                       [0., 0., 1.]], dtype=float32)
     """
-    theta, dtype = _checks.scores(theta, "theta", min_rank=1)
+    theta, dtype = validate.scores(theta, "theta", min_rank=1)
     rank = integer_ranks(theta)  # [..., d]
     hot = tf.one_hot(rank, tf.shape(theta)[-1], dtype=dtype)  # [..., d(j), d(i)]
-    return _checks.nan_rows(theta, tf.linalg.matrix_transpose(hot), extra_ndims=1)  # [..., d(i), d(j)]
+    return _nan_rows(theta, tf.linalg.matrix_transpose(hot), extra_ndims=1)  # [..., d(i), d(j)]

@@ -10,9 +10,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.saved_model import save_context
 
-from tf_perturbed._src.solvers import _checks, core, registry
+from tf_perturbed._src.base import tf_compat, validate
+from tf_perturbed._src.solvers import registry
 
 ShapeLike = Union[None, Sequence[int], Callable[[tuple], tuple]]
 
@@ -70,7 +70,7 @@ def numpy_solver(
     """
     if not callable(fn):
         raise TypeError(f"Expected `fn` to be callable, received: fn={fn!r}")
-    event_ndims = _checks.positive_int(event_ndims, "event_ndims")
+    event_ndims = validate.integer(event_ndims, "event_ndims")
     np_dtype = np.dtype(output_dtype)
     label = name or getattr(fn, "__name__", type(fn).__name__)
 
@@ -88,17 +88,12 @@ def numpy_solver(
         return result
 
     def solve(theta: tf.Tensor) -> tf.Tensor:
-        if core._in_xla_context():  # noqa: SLF001
-            raise ValueError(
-                f"The NumPy solver {label!r} runs on the host through tf.numpy_function and cannot "
-                "be compiled with XLA: use jit_compile=False, or a built-in TF solver."
-            )
-        if save_context.in_save_context():
+        if tf_compat.in_save_context():
             raise ValueError(
                 f"The NumPy solver {label!r} runs Python code on the host and cannot be exported "
                 "to a SavedModel: export a model whose inference path uses a TF solver instead."
             )
-        theta, dtype = _checks.scores(theta, "theta", min_rank=event_ndims)
+        theta, dtype = validate.scores(theta, "theta", min_rank=event_ndims)
         event_shape = tuple(theta.shape[-event_ndims:])
         if any(size is None for size in event_shape):
             raise ValueError(
@@ -110,7 +105,7 @@ def numpy_solver(
             host, [flat, tf.constant(out_event, tf.int64)], tf.as_dtype(np_dtype), stateful=False
         )
         y.set_shape((None,) + out_event)  # [N, *out]
-        batch_shape = tf.shape(theta)[: tf.rank(theta) - event_ndims]
+        batch_shape = tf.shape(theta)[: theta.shape.rank - event_ndims]  # rank static: checked above
         y = tf.reshape(y, tf.concat([batch_shape, out_event], 0))  # [*batch, *out]
         return tf.cast(y, dtype)
 
@@ -123,10 +118,11 @@ def numpy_solver(
         maximize=maximize,
         jit_compatible=False,
         output_shape=None if output_shape is None else full_output_shape,
-        linear_output=output_shape is None,
     )
     if name is not None:
         spec = registry.register_solver(name, solve, overwrite=True, **spec_args)
         return registry.Solver(spec=spec, kwargs={}, registered=True)
-    spec = registry.SolverSpec(name=label, fn=solve, **spec_args)
+    spec = registry.SolverSpec(
+        name=label, fn=solve, output_ndims=registry.output_ndims(spec_args["output_shape"], event_ndims), **spec_args
+    )
     return registry.Solver(spec=spec, kwargs={}, registered=False)

@@ -28,7 +28,8 @@ from typing import Sequence, Tuple
 
 import tensorflow as tf
 
-from tf_perturbed._src.solvers import _checks, _halves
+from tf_perturbed._src.base import validate
+from tf_perturbed._src.solvers import _halves
 
 # (dy, dx) offsets; their order breaks ties between equally good predecessors.
 _KING_MOVES = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -276,7 +277,7 @@ def shortest_path(costs: tf.Tensor, neighbourhood: int = 8) -> tf.Tensor:
         Vlastelica, Paulus, Musil, Martius, Rolínek. Differentiation of Blackbox
         Combinatorial Solvers. ICLR 2020 (the Warcraft shortest-path benchmark).
     """
-    costs, dtype = _checks.scores(costs, "costs", min_rank=2)
+    costs, dtype = validate.scores(costs, "costs", min_rank=2)
     moves = _moves(neighbourhood)
     shape = tf.shape(costs)
     h, w = shape[-2], shape[-1]

@@ -81,3 +81,13 @@ def per_replica(seed: tf.Tensor) -> tf.Tensor:
     if tf.distribute.get_strategy().num_replicas_in_sync == 1:
         return seed
     return fold_in(seed, replica_id())
+
+
+def next_seed(generator) -> tf.Tensor:
+    """A fresh `int32[2]` seed from a `keras.random.SeedGenerator`, distinct per replica.
+
+    What every layer and loss of the package calls once per call: the k-th call of
+    an object seeded with s uses `per_replica(sanitize_seed(g.next()))` for the k-th
+    `next()` of `keras.random.SeedGenerator(s)`.
+    """
+    return per_replica(sanitize_seed(tf.convert_to_tensor(generator.next())))

@@ -7,63 +7,33 @@ Lorberbom et al. 2019; Indelman et al.). No derivative of the solver is used.
 """
 
 import dataclasses
-import numbers
 from typing import Callable, Optional, Union
 
 import tensorflow as tf
 
-from tf_perturbed._src import perturbed as perturbed_lib
-from tf_perturbed._src.solvers import _checks, core, registry
+from tf_perturbed._src.base import noise as noise_lib
+from tf_perturbed._src.base import validate
+from tf_perturbed._src.estimators.first_order import first_order_only
+from tf_perturbed._src.solvers import registry
 
 NORMALIZATIONS = ("max_abs", "none")
 
 
-def check_epsilon(epsilon) -> float:
-    """Returns `epsilon` as a non-zero finite float, or raises naming it."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
-        raise TypeError(f"Expected `epsilon` to be a non-zero number, received: epsilon={epsilon!r}")
-    if epsilon == 0 or not abs(epsilon) < float("inf"):
-        raise ValueError(f"Expected `epsilon` ≠ 0 and finite, received: epsilon={epsilon!r}")
-    return float(epsilon)
-
-
-def check_epsilon_growth(epsilon_growth) -> Optional[float]:
-    """None (no escape) or a finite factor > 1."""
-    if epsilon_growth is None:
-        return None
-    if isinstance(epsilon_growth, bool) or not isinstance(epsilon_growth, numbers.Real):
-        raise TypeError(
-            "Expected `epsilon_growth` to be None or a number > 1, "
-            f"received: epsilon_growth={epsilon_growth!r}"
-        )
-    if not (1.0 < epsilon_growth < float("inf")):
-        raise ValueError(
-            f"Expected `epsilon_growth` > 1 and finite (or None), received: epsilon_growth={epsilon_growth!r}"
-        )
-    return float(epsilon_growth)
-
-
-def check_min_perturbed_value(value) -> Optional[float]:
-    """None (no bound) or a finite number."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not abs(value) < float("inf"):
-        raise TypeError(
-            "Expected `min_perturbed_value` to be None or a finite number, "
-            f"received: min_perturbed_value={value!r}"
-        )
-    return float(value)
-
-
-def check_normalize(normalize) -> str:
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"Expected `normalize` in {NORMALIZATIONS}, received: normalize={normalize!r}")
-    return normalize
-
-
 @dataclasses.dataclass(frozen=True)
 class DirectLossConfig:
-    """The hyper-parameters of the direct estimator, checked once at construction."""
+    """The hyper-parameters of the direct estimator, checked once at construction.
+
+    Attributes:
+      solver: the bound solver; its output must have its input's shape.
+      epsilon: ε ≠ 0, the step of the loss-perturbed solve.
+      normalize: "max_abs" or "none".
+      epsilon_growth: None or a factor > 1 (the escape from zero gradients).
+      max_growth_steps: bound on the escape's retries.
+      min_perturbed_value: lower bound of the problems handed to the solver
+        (None: the solver's `domain_min`, e.g. 0 for shortest paths).
+      sigma: σ ≥ 0, noise added to θ in training (0: none, Hazan et al.).
+      noise: the noise of σγ.
+    """
 
     solver: registry.Solver
     epsilon: float
@@ -71,6 +41,8 @@ class DirectLossConfig:
     epsilon_growth: Optional[float] = None
     max_growth_steps: int = 30
     min_perturbed_value: Optional[float] = None
+    sigma: float = 0.0
+    noise: noise_lib.Noise = dataclasses.field(default_factory=lambda: noise_lib.get_noise("gumbel"))
 
     @classmethod
     def create(
@@ -82,9 +54,11 @@ class DirectLossConfig:
         max_growth_steps=30,
         solver_kwargs=None,
         min_perturbed_value=None,
+        sigma=0.0,
+        noise="gumbel",
     ) -> "DirectLossConfig":
         solver = registry.get_solver(solver, solver_kwargs)
-        if not solver.spec.linear_output:
+        if solver.spec.linear_output is False:
             raise ValueError(
                 "Direct loss minimization solves again at θ + ε·∂L/∂y, so the solver's output must "
                 f"have the shape of its input; received: solver={solver.name!r}, whose output has "
@@ -93,11 +67,33 @@ class DirectLossConfig:
             )
         return cls(
             solver=solver,
-            epsilon=check_epsilon(epsilon),
-            normalize=check_normalize(normalize),
-            epsilon_growth=check_epsilon_growth(epsilon_growth),
-            max_growth_steps=_checks.positive_int(max_growth_steps, "max_growth_steps"),
-            min_perturbed_value=check_min_perturbed_value(min_perturbed_value),
+            epsilon=validate.real(epsilon, "epsilon", nonzero=True),
+            normalize=validate.choice(normalize, "normalize", NORMALIZATIONS),
+            epsilon_growth=validate.optional_real(epsilon_growth, "epsilon_growth", above=1.0),
+            max_growth_steps=validate.integer(max_growth_steps, "max_growth_steps"),
+            min_perturbed_value=validate.optional_real(min_perturbed_value, "min_perturbed_value"),
+            sigma=validate.real(sigma, "sigma", at_least=0.0),
+            noise=noise_lib.get_noise(noise),
+        )
+
+    @property
+    def lower_bound(self) -> Optional[float]:
+        """The bound the problems handed to the solver are clipped to, if any."""
+        if self.min_perturbed_value is not None:
+            return self.min_perturbed_value
+        return self.solver.domain_min
+
+    def arguments(self) -> dict:
+        """The constructor arguments that rebuild this config (for Keras `get_config`)."""
+        return dict(
+            **self.solver.config(),
+            epsilon=self.epsilon,
+            normalize=self.normalize,
+            epsilon_growth=self.epsilon_growth,
+            max_growth_steps=self.max_growth_steps,
+            min_perturbed_value=self.min_perturbed_value,
+            sigma=self.sigma,
+            noise=noise_lib.noise_name(self.noise),
         )
 
 
@@ -106,6 +102,11 @@ def _event_axes(config: DirectLossConfig) -> list:
 
 
 def _solve(config: DirectLossConfig, theta: tf.Tensor) -> tf.Tensor:
+    """y*(max(θ, bound)) in θ's dtype: the problem clipped to the solver's domain."""
+    bound = config.lower_bound
+    if bound is not None:
+        bound = tf.constant(bound, theta.dtype)
+        theta = tf.where(theta <= bound, bound, theta)  # NaN stays, for the solver to reject
     return tf.cast(config.solver(theta), theta.dtype)
 
 
@@ -119,7 +120,8 @@ def loss_perturbed_gradient(
       y_ε = y*(θ + s·ε·g/a),     ∂L/∂θ ≈ s·a·(y_ε − y₀)/ε
     With `epsilon_growth`, problems where y_ε = y₀ while g ≠ 0 retry with
     |ε| multiplied by the factor, at most `max_growth_steps` times. With
-    `min_perturbed_value` m, the loss-perturbed problem is max(θ + s·ε·g/a, m).
+    a lower bound m (`min_perturbed_value`, or the solver's `domain_min`), the
+    loss-perturbed problem is max(θ + s·ε·g/a, m).
 
     Args:
       theta: `[*batch, *event]` scores (or costs), already in the compute dtype.
@@ -144,10 +146,7 @@ def loss_perturbed_gradient(
     epsilon = tf.fill(tf.shape(scale), epsilon)  # [*batch, 1…]
 
     def solve_perturbed(epsilon):
-        perturbed = theta + sign * epsilon * direction  # [*batch, *event]
-        if config.min_perturbed_value is not None:
-            perturbed = tf.maximum(perturbed, tf.constant(config.min_perturbed_value, theta.dtype))
-        return _solve(config, perturbed)
+        return _solve(config, theta + sign * epsilon * direction)  # [*batch, *event]
 
     y_eps = solve_perturbed(epsilon)
 
@@ -174,22 +173,32 @@ def loss_perturbed_gradient(
     return tf.where(active, estimate, tf.zeros_like(estimate))  # g = 0: exactly 0, whatever the solver
 
 
-def _compute(theta, config: DirectLossConfig):
-    theta = perturbed_lib._check_theta(theta, config.solver)  # noqa: SLF001
-    return theta, theta.dtype, perturbed_lib._compute_dtype(theta)  # noqa: SLF001
+def _prepare(theta, config: DirectLossConfig):
+    """(θ checked and cast to the compute dtype, θ's own dtype)."""
+    theta = validate.theta(theta, config.solver.event_ndims, config.solver.name)
+    return tf.cast(theta, validate.compute_dtype(theta.dtype)), theta.dtype
 
 
-def direct_solution(theta: tf.Tensor, config: DirectLossConfig) -> tf.Tensor:
-    """y*(θ) in theta's dtype, with the direct loss-perturbed estimate as its gradient."""
-    theta, out_dtype, compute_dtype = _compute(theta, config)
-    theta = tf.cast(theta, compute_dtype)
+def direct_solution(theta: tf.Tensor, config: DirectLossConfig, seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """y₀ = y*(θ [+ σγ]) in θ's dtype, with the direct loss-perturbed estimate as its gradient.
+
+    Args:
+      theta: `[*batch, *event]`, any float dtype (half precision runs in float32).
+      config: a `DirectLossConfig`.
+      seed: None (no noise: y*(θ)), or an `int32[2]` seed for the noise σγ when σ > 0.
+    """
+    theta, out_dtype = _prepare(theta, config)
+    if seed is not None and config.sigma > 0:
+        theta = noise_lib.add_scaled_noise(theta, config.sigma, seed, config.noise)
 
     @tf.custom_gradient
-    def _op(theta):
+    def _op(theta_in):
+        theta = tf.stop_gradient(theta_in)
         y0 = _solve(config, theta)
 
         def grad(g):
-            return loss_perturbed_gradient(theta, y0, g, config)
+            guard = first_order_only(theta_in, "the direct loss-minimization estimator")
+            return loss_perturbed_gradient(theta, y0, g, config) + guard
 
         return y0, grad
 
@@ -246,13 +255,11 @@ def direct_loss_gradient(
     best under the loss uses all the retries when ε < 0 (its gradient stays
     zero, as it should), so keep `max_growth_steps` small with costly solvers.
 
-    Bounded domains. Solvers that need non-negative costs (`"shortest_path"`)
-    reject the loss-perturbed costs c − ε·g/a when they dip below 0, which
-    happens once |ε| (or a grown ε) exceeds a cost: pass
-    `min_perturbed_value=0.0` to clip the loss-perturbed problem from below
-    (any solver), or a solver option that clips inside the solver, such as
-    `solver_kwargs={"clip_negative": True}` for `"shortest_path"` (which also
-    covers forward noise).
+    Bounded domains. A solver registered with a domain (`domain_min`, e.g. costs
+    ≥ 0 for `"shortest_path"`) is given max(c − ε·g/a, 0): the loss-perturbed
+    costs dip below 0 once |ε| (or a grown ε) exceeds a cost, and are clipped, as
+    the perturbed ops, layers and losses clip theirs. `min_perturbed_value=m`
+    sets another bound (any solver).
 
     Args:
       solver: a registered name (`"argmax"`, `"top_k"`, `"ranks"`,
@@ -262,9 +269,8 @@ def direct_loss_gradient(
       normalize: `"max_abs"` (default, see above) or `"none"`.
       epsilon_growth: None (default) or a factor > 1, e.g. 1.1.
       max_growth_steps: bound on the retries, ≥ 1. Default 30.
-      min_perturbed_value: None (default) or a lower bound applied to the
-        loss-perturbed scores/costs before they are solved (0.0 for solvers
-        that need non-negative costs).
+      min_perturbed_value: None (default: the solver's domain, if it has one) or
+        a lower bound applied to the scores/costs before they are solved.
       solver_kwargs: the solver's hyper-parameters, e.g. `{"k": 3}`.
 
     Returns:
@@ -364,10 +370,10 @@ def direct_categorical_gradient(
     if isinstance(epsilon, (tf.Tensor, tf.Variable)):
         epsilon_tensor = _check_epsilon_tensor(epsilon)
         epsilon = 1.0  # replaced by the tensor in `loss_perturbed_gradient`
-    config = DirectLossConfig.create(core.argmax, epsilon, normalize, epsilon_growth, max_growth_steps)
-    theta, out_dtype, compute_dtype = _compute(theta, config)
-    theta_pert = tf.cast(theta, compute_dtype) + tf.cast(gumbel, compute_dtype)  # [..., n, K]
-    loss_per_category = tf.cast(loss_per_category, compute_dtype)
+    config = DirectLossConfig.create("argmax", epsilon, normalize, epsilon_growth, max_growth_steps)
+    theta, out_dtype = _prepare(theta, config)
+    theta_pert = theta + tf.cast(gumbel, theta.dtype)  # [..., n, K]
+    loss_per_category = tf.cast(loss_per_category, theta.dtype)
     if not loss_per_category.shape.is_compatible_with(theta_pert.shape):
         raise ValueError(
             "Expected `loss_per_category` of theta's shape [..., n, K], received: "

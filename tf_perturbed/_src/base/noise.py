@@ -9,6 +9,8 @@ from typing import Sequence, Union
 
 import tensorflow as tf
 
+from tf_perturbed._src.base import validate
+
 
 def uniform_open(shape, seed: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
     """Uniform samples in the open interval (0, 1), the same in eager, graph and XLA.
@@ -53,11 +55,10 @@ class Noise:
     """Base class of noise distributions with independent coordinates.
 
     Subclasses implement `sample` and `grad_log_density`; `name` is the string
-    the public API accepts, `symmetric` says whether Z and −Z have one law.
+    the public API accepts (see `register_noise`).
     """
 
     name: str = ""
-    symmetric: bool = False
 
     def sample(self, shape: Sequence[int], seed: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
         """Draws a tensor of `shape` with the stateless `int32[2]` `seed`."""
@@ -79,7 +80,6 @@ class Normal(Noise):
     """
 
     name = "normal"
-    symmetric = True
 
     def sample(self, shape, seed, dtype=tf.float32):
         # Inverse CDF of philox bits: faster than stateless_normal on CPU, and the
@@ -101,7 +101,6 @@ class Gumbel(Noise):
     """
 
     name = "gumbel"
-    symmetric = False
 
     def sample(self, shape, seed, dtype=tf.float32):
         compute = tf.float64 if dtype == tf.float64 else tf.float32
@@ -158,3 +157,32 @@ def get_noise(noise: Union[str, Noise]) -> Noise:
 
 register_noise(Normal())
 register_noise(Gumbel())
+
+
+def noise_name(noise: Noise) -> str:
+    """The registered name of `noise` (configs store noise by name), or an error saying how to register it."""
+    if noise.name in _NOISES and _NOISES[noise.name] is noise:
+        return noise.name
+    raise ValueError(
+        f"Cannot serialize the unregistered noise {noise!r}: configs store noise by name. "
+        "Register it with `tf_perturbed.noise.register_noise(...)` and pass its name."
+    )
+
+
+def draw(noise: Noise, shape, seed: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """Noise of `shape` in the compute dtype of `dtype` (float32 for half precision).
+
+    The one route by which every estimator draws its noise.
+    """
+    return noise.sample(shape, seed, validate.compute_dtype(dtype))
+
+
+def add_scaled_noise(theta: tf.Tensor, scale, seed: tf.Tensor, noise: Noise) -> tf.Tensor:
+    """θ + scale·γ, γ ~ `noise` drawn with `seed`, in θ's compute dtype.
+
+    `scale` is a number or a tensor broadcasting to θ; the gradient flows to θ and,
+    for a tensor scale, to it (∂/∂scale = γ). Half-precision θ comes back in float32.
+    """
+    theta = tf.cast(theta, validate.compute_dtype(theta.dtype))
+    gamma = draw(noise, tf.shape(theta), seed, theta.dtype)  # θ's shape
+    return theta + tf.cast(scale, theta.dtype) * gamma

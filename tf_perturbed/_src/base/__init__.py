@@ -1,0 +1,1 @@
+"""Foundations every other module builds on: validation, seeds, noise, accurate sums, TF internals."""

@@ -1,0 +1,1 @@
+"""The gradient estimators: perturbed optimizers, Fenchel-Young, direct loss minimization, learned noise."""

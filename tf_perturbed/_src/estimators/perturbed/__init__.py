@@ -1,0 +1,1 @@
+"""The perturbed optimizer: configuration, sampling, the chunked engine, the Jacobian, the maximum."""

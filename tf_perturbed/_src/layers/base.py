@@ -1,0 +1,46 @@
+"""The base of every tf_perturbed layer: a seed and its generator, float inputs, config from arguments."""
+
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from tf_perturbed._src.base import seeds, validate
+
+INFERENCE_MODES = ("hard", "perturbed")
+
+
+class SeededLayer(keras.layers.Layer):
+    """A Keras layer that draws a new stateless seed per call from a seed it was given.
+
+    Subclasses keep their maths in an op of `tf_perturbed._src.estimators` and list
+    their constructor arguments in `arguments()`, from which `get_config` is built.
+
+    Args:
+      seed: int in [0, 2⁶³) or None. The layer owns a `keras.random.SeedGenerator`
+        seeded with it; each call that draws noise takes the generator's next seed,
+        with the replica id folded in under `tf.distribute`.
+      **kwargs: the base Keras layer's arguments (`name`, `dtype`, …).
+    """
+
+    def __init__(self, *, seed: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = validate.layer_seed(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+
+    def next_seed(self) -> tf.Tensor:
+        """A fresh `int32[2]` seed for this call, distinct per replica under tf.distribute."""
+        return seeds.next_seed(self.seed_generator)
+
+    def float_inputs(self, inputs, name: str = "inputs") -> tf.Tensor:
+        """Inputs as floats: integers cast to the compute dtype, other dtypes rejected."""
+        return validate.float_inputs(inputs, self.compute_dtype, name)
+
+    def arguments(self) -> dict:
+        """The constructor arguments of the subclass (besides `seed` and Keras's own)."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(self.arguments(), seed=self.seed)
+        return config
