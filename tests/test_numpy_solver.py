@@ -38,9 +38,13 @@ def test_perturbed_and_fenchel_young_agree_with_the_tf_solver_for_the_same_seed(
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(theta)
             a, b = op_np(theta, seed=seed), op_tf(theta, seed=seed)
-            va, vb = tf.reduce_sum(a * tf.range(1.0, 1.0 + tf.size(a, tf.float32))[:1]), tf.reduce_sum(b * tf.range(1.0, 1.0 + tf.size(b, tf.float32))[:1])
+            # distinct weights per entry (a constant upstream gradient would give 0 = 0 through argmax)
+            va = tf.reduce_sum(a * tf.reshape(tf.range(1.0, 1.0 + tf.size(a, tf.float32)), tf.shape(a)))
+            vb = tf.reduce_sum(b * tf.reshape(tf.range(1.0, 1.0 + tf.size(b, tf.float32)), tf.shape(b)))
         np.testing.assert_allclose(a.numpy(), b.numpy())
-        np.testing.assert_allclose(tape.gradient(va, theta).numpy(), tape.gradient(vb, theta).numpy(), rtol=1e-6)
+        grad_np, grad_tf = tape.gradient(va, theta).numpy(), tape.gradient(vb, theta).numpy()
+        assert np.abs(grad_tf).max() > 0.1
+        np.testing.assert_allclose(grad_np, grad_tf, rtol=1e-6, atol=1e-6 * np.abs(grad_tf).max())
     y = tp.solvers.argmax(theta)
     np.testing.assert_allclose(
         tp.fenchel_young_loss(y, theta, solver, num_samples=10, seed=3).numpy(),

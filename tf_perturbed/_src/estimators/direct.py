@@ -107,7 +107,9 @@ def _solve(config: DirectLossConfig, theta: tf.Tensor) -> tf.Tensor:
     if bound is not None:
         bound = tf.constant(bound, theta.dtype)
         theta = tf.where(theta <= bound, bound, theta)  # NaN stays, for the solver to reject
-    return tf.cast(config.solver(theta), theta.dtype)
+    y = config.solver(theta)
+    registry.check_linear_solution(config.solver, theta, y, "Direct loss minimization")
+    return tf.cast(y, theta.dtype)
 
 
 def loss_perturbed_gradient(

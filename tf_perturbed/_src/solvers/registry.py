@@ -157,6 +157,15 @@ def check_solution(solver: Solver, theta: tf.Tensor, y: tf.Tensor) -> int:
     return found
 
 
+def check_linear_solution(solver: Solver, theta: tf.Tensor, y: tf.Tensor, what: str) -> None:
+    """Raises unless y has θ's shape, as ⟨y, θ⟩ needs (for callables, known only once traced)."""
+    if not y.shape.is_compatible_with(theta.shape):
+        raise ValueError(
+            f"{what} needs ⟨y, θ⟩, so the solver's output must have the shape of its input; "
+            f"the solver {solver.name!r} returned y.shape={y.shape} for theta.shape={theta.shape}."
+        )
+
+
 _REGISTRY: dict = {}
 
 

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tf_perturbed._src.estimators.perturbed import engine, jacobian, sampling
 from tf_perturbed._src.estimators.perturbed.config import PerturbationConfig
+from tf_perturbed._src.solvers import registry
 
 
 def check_target_shape(y_true: tf.Tensor, theta: tf.Tensor) -> None:
@@ -59,6 +60,7 @@ def perturbed_maximum(
         theta, reference = tf.stop_gradient(theta_in), tf.stop_gradient(reference_in)
 
         def terms(z_c, perturbed, y):  # [c, *batch], [c, *batch, *event]
+            registry.check_linear_solution(config.solver, perturbed.problems, y, "The perturbed maximum")
             value = engine.inner(y - reference, theta, event_ndims) + engine.inner(y, perturbed.delta, event_ndims)
             return value, jacobian.sample_term(jacobian.GRADIENT, perturbed, y)
 

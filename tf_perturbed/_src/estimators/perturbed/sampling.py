@@ -44,6 +44,19 @@ def _multiplier_exponent(z: tf.Tensor, config: PerturbationConfig) -> tf.Tensor:
     return config.sigma * z - shift
 
 
+def _expm1(x: tf.Tensor, exp_x: tf.Tensor) -> tf.Tensor:
+    """e^x − 1 to ~1e-6 relative, given e^x: a Taylor polynomial for |x| < 0.1, else e^x − 1.
+
+    `tf.math.expm1` is as accurate but, fused under XLA on CPU, made the forward pass of
+    the multiplicative Fenchel-Young loss 40 % slower (Warcraft shapes, 35 maps × 10
+    samples); this costs a few multiplications. The polynomial's truncation error is below
+    |x|⁵/720 < 2e-8 relative; e^x − 1 for |x| ≥ 0.1 loses ~2⁻²⁴/0.1 ≈ 6e-7 relative
+    (measured: at most 1.1e-6 in float32, eagerly and under XLA).
+    """
+    taylor = x * (1.0 + x / 2.0 * (1.0 + x / 3.0 * (1.0 + x / 4.0 * (1.0 + x / 5.0))))
+    return tf.where(tf.abs(x) < 0.1, taylor, exp_x - 1.0)
+
+
 def perturb(theta: tf.Tensor, z: tf.Tensor, config: PerturbationConfig) -> Perturbed:
     """The perturbed problems for noise z `[c, *theta.shape]`."""
     if config.perturbation == "additive":
@@ -51,9 +64,9 @@ def perturb(theta: tf.Tensor, z: tf.Tensor, config: PerturbationConfig) -> Pertu
         problems, slope = theta + delta, None
     else:
         exponent = _multiplier_exponent(z, config)
-        problems = theta * tf.exp(exponent)  # [c, *batch, *event]
-        delta = theta * tf.math.expm1(exponent)
-        slope = tf.exp(exponent)
+        slope = tf.exp(exponent)  # [c, *batch, *event]
+        problems = theta * slope
+        delta = theta * _expm1(exponent, slope)
     low = config.solver.domain_min
     if low is None:
         return Perturbed(problems, delta, slope)
