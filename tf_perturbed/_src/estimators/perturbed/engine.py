@@ -16,7 +16,6 @@ import tensorflow as tf
 from tf_perturbed._src.base import summation
 from tf_perturbed._src.estimators.perturbed import sampling
 from tf_perturbed._src.estimators.perturbed.config import PerturbationConfig
-from tf_perturbed._src.solvers import registry
 
 Kept = Tuple[sampling.Perturbed, tf.Tensor]
 # terms(z_c, perturbed_c, y_c) -> per-sample terms `[c, …]`; make_terms(first chunk) -> terms
@@ -43,8 +42,8 @@ def solve(config: PerturbationConfig, problems: tf.Tensor, theta: Optional[tf.Te
         clipped to the solver's domain here.
 
     Returns:
-      `(y [C, *batch, *out], y_hard [*batch, *out] or None, out_ndims)`, in the
-      problems' dtype; out_ndims is the number of axes of one solution.
+      `(y [C, *batch, *out], y_hard [*batch, *out] or None)`, in the problems' dtype;
+      the solutions are checked against the solver's declared axes.
     """
     solver = config.solver
     event_ndims = solver.event_ndims
@@ -57,15 +56,13 @@ def solve(config: PerturbationConfig, problems: tf.Tensor, theta: Optional[tf.Te
     if theta is not None:
         hard = tf.reshape(sampling.clip_to_domain(theta, config), tf.concat([[-1], event_shape], 0))  # [B, *event]
         flat = tf.concat([flat, hard], 0)  # [C·B + B, *event]
-    y = solver(flat)  # [C·B (+ B), *out]
-    out_ndims = registry.check_solution(solver, flat, y)
-    y = tf.cast(y, problems.dtype)
+    y = tf.cast(solver(flat), problems.dtype)  # [C·B (+ B), *out]
     out_shape = tf.shape(y)[1:]
     y_pert = tf.reshape(y[:rows], tf.concat([shape[:1], batch_shape, out_shape], 0))  # [C, *batch, *out]
     if theta is None:
-        return y_pert, None, out_ndims
+        return y_pert, None
     y_hard = tf.reshape(y[rows:], tf.concat([batch_shape, out_shape], 0))  # [*batch, *out]
-    return y_pert, y_hard, out_ndims
+    return y_pert, y_hard
 
 
 def hard_solution(theta: tf.Tensor, config: PerturbationConfig) -> tf.Tensor:
@@ -77,7 +74,7 @@ def _masked(terms, mask):
     """Per-sample terms with the padded samples of a chunk (mask 0) set to 0."""
     if mask is None:
         return terms
-    return tuple(t * tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([tf.rank(t) - 1], tf.int32)], 0)) for t in terms)
+    return tuple(t * expand(mask, t.shape.rank - 1) for t in terms)  # each [c, …]
 
 
 def sample_sums(
@@ -111,7 +108,7 @@ def sample_sums(
     if count == 1:
         if kept is None:
             perturbed = sampling.perturb(theta, z, config)
-            y, y_hard, _ = solve(config, perturbed.problems, theta if hard else None)
+            y, y_hard = solve(config, perturbed.problems, theta if hard else None)
             kept = (perturbed, y)
         perturbed, y = kept
         terms = make_terms(z, perturbed, y)(z, perturbed, y)
@@ -122,7 +119,7 @@ def sample_sums(
     def solved_chunk(index):
         z_c, mask = sampling.chunk(z, index, size, config)
         perturbed = sampling.perturb(theta, z_c, config)
-        y, _, _ = solve(config, perturbed.problems)
+        y, _ = solve(config, perturbed.problems)
         return z_c, mask, perturbed, y
 
     z_0, mask_0, perturbed_0, y_0 = solved_chunk(tf.constant(0))

@@ -57,12 +57,15 @@ def vjp(
       y_hard: y*(θ) for the "hard" baseline, if the forward pass solved it.
       mean: E[s], needed for kind GRADIENT with multiplicative noise.
     """
-    guard = first_order_only(
-        theta,
-        "a perturbed maximizer ŷ_ε(θ) (`tf_perturbed.perturbed`, the perturbed layers)",
-        "Second derivatives of the perturbed maximum (`tf_perturbed.perturbed_max`) and of the "
-        "Fenchel-Young loss work: ∇²F_ε = J ŷ_ε.",
-    )
+    if kind == SOLUTION:
+        what = "a perturbed maximizer ŷ_ε(θ) (`tf_perturbed.perturbed`, the perturbed layers)"
+        instead = (
+            "Second derivatives of the perturbed maximum (`tf_perturbed.perturbed_max`) and of the "
+            "Fenchel-Young loss work: ∇²F_ε = J ŷ_ε."
+        )
+    else:
+        what, instead = "the gradient ∇F_ε of a perturbed maximum (a third derivative of F_ε)", ""
+    guard = first_order_only(theta, what, instead)
     theta = tf.stop_gradient(theta)
     event_ndims = config.solver.event_ndims
     batch_ndims = theta.shape.rank - event_ndims
