@@ -32,23 +32,22 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 GIB = 2**30
 
 
-def _child(args):
-    """Runs one configuration and prints one JSON line."""
-    if args.data_limit_gib:
-        limit = int(args.data_limit_gib * GIB)
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def make_step(num_samples, batch, dim, chunk_size=None, jit=False):
+    """θ `[B, d]` and the step that is measured, θ ↦ (Σ ŷ_ε(θ), ∇θ Σ ⟨G, ŷ_ε(θ)⟩) for a fixed
+    random G `[B, d, d]`, as a `tf.function` (`jit_compile=jit`); `chunk_size` None: all at once.
+
+    Σ ŷ_ε(θ) is B·d (each permutation matrix holds d ones), the "check" of a result row;
+    tests/test_benchmarks.py runs the step on small sizes.
+    """
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
     import tf_perturbed as tp  # noqa: PLC0415
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     rng = np.random.default_rng(0)
-    theta = tf.constant(rng.normal(size=(args.batch, args.dim)), tf.float32)
-    upstream = tf.constant(rng.normal(size=(args.batch, args.dim, args.dim)), tf.float32)
-    chunk = args.chunk_size or None
-    op = tp.perturbed("sort_permutation", num_samples=args.num_samples, sigma=0.5, seed=0, chunk_size=chunk)
+    theta = tf.constant(rng.normal(size=(batch, dim)), tf.float32)
+    upstream = tf.constant(rng.normal(size=(batch, dim, dim)), tf.float32)
+    op = tp.perturbed("sort_permutation", num_samples=num_samples, sigma=0.5, seed=0, chunk_size=chunk_size)
 
     def step(t):
         with tf.GradientTape() as tape:
@@ -57,7 +56,21 @@ def _child(args):
             value = tf.reduce_sum(y * upstream)
         return tf.reduce_sum(y), tape.gradient(value, t)
 
-    fn = tf.function(step, jit_compile=args.jit)
+    return theta, tf.function(step, jit_compile=jit)
+
+
+def _child(args):
+    """Runs one configuration and prints one JSON line."""
+    if args.data_limit_gib:
+        limit = int(args.data_limit_gib * GIB)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf  # noqa: PLC0415
+
+    import tf_perturbed  # noqa: F401, PLC0415  (imported before the baseline is read)
+
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    theta, fn = make_step(args.num_samples, args.batch, args.dim, args.chunk_size or None, args.jit)
     outcome = {"ok": True}
     try:
         total, grad = fn(theta)  # traces, compiles, runs

@@ -113,24 +113,36 @@ def make_problem(solver: str, size: int, batch: int):
     )
 
 
-def time_problem(solver: str, size: int, batch: int, rounds: int) -> dict:
-    """Checks one problem against SciPy, then times the three candidates."""
-    inputs, reference, ours = make_problem(solver, size, batch)
-    tensor = tf.constant(inputs)
-    candidates = {
+def compiled(ours) -> dict:
+    """Our solver in the two timed modes: mode → function (a `tf.function` each)."""
+    return {
         "graph": tf.function(ours),
         "xla": tf.function(ours, jit_compile=True),
     }
-    first_call_s = {}
-    for name, fn in candidates.items():
-        start = time.perf_counter()
-        fn(tensor).numpy()
-        first_call_s[name] = time.perf_counter() - start
+
+
+def check_against_scipy(solver: str, inputs: np.ndarray, reference, candidates: dict) -> None:
+    """Raises AssertionError unless every candidate's optimal values (path costs, matching
+    scores) equal SciPy's on `inputs` (tests/test_benchmarks.py runs it on small problems)."""
+    tensor = tf.constant(inputs)
     # Same optimal values as SciPy (ties could pick other optimal solutions).
     expected = np.sum(reference(inputs) * inputs, axis=(1, 2), dtype=np.float64)
     for name, fn in candidates.items():
         got = np.sum(fn(tensor).numpy() * inputs, axis=(1, 2), dtype=np.float64)
         np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=f"{solver} {name}")
+
+
+def time_problem(solver: str, size: int, batch: int, rounds: int) -> dict:
+    """Checks one problem against SciPy, then times the three candidates."""
+    inputs, reference, ours = make_problem(solver, size, batch)
+    tensor = tf.constant(inputs)
+    candidates = compiled(ours)
+    first_call_s = {}
+    for name, fn in candidates.items():
+        start = time.perf_counter()
+        fn(tensor).numpy()
+        first_call_s[name] = time.perf_counter() - start
+    check_against_scipy(solver, inputs, reference, candidates)
     cpu = {}
     wall = common.interleaved_times(
         {

@@ -85,8 +85,9 @@ def training_steps(batch: dict) -> dict:
 
 
 def loss_only_steps(batch: dict) -> dict:
-    """name → one loss value and its gradient with respect to the costs `[70, 12, 12]`."""
-    costs = tf.constant(batch["costs"]) * tf.exp(0.3 * tf.random.stateless_normal([BATCH, 12, 12], [0, 1]))
+    """name → one loss value and its gradient with respect to the costs `[70, 12, 12]` (any
+    `[B, H, W]` works: tests/test_benchmarks.py checks these gradients on a few maps)."""
+    costs = tf.constant(batch["costs"]) * tf.exp(0.3 * tf.random.stateless_normal(batch["costs"].shape, [0, 1]))
     steps = {}
     for name, (loss, target, blackbox) in _losses().items():
         layer = _blackbox_layer() if blackbox else None

@@ -84,7 +84,7 @@ class Normal(Noise):
     def sample(self, shape, seed, dtype=tf.float32):
         # Inverse CDF of philox bits: faster than stateless_normal on CPU, and the
         # same draws with and without XLA (up to the rounding of ndtri).
-        compute = tf.float64 if dtype == tf.float64 else tf.float32
+        compute = validate.compute_dtype(dtype)
         return tf.cast(tf.math.ndtri(uniform_open(shape, seed, compute)), dtype)
 
     def grad_log_density(self, z):
@@ -103,7 +103,7 @@ class Gumbel(Noise):
     name = "gumbel"
 
     def sample(self, shape, seed, dtype=tf.float32):
-        compute = tf.float64 if dtype == tf.float64 else tf.float32
+        compute = validate.compute_dtype(dtype)
         u = uniform_open(shape, seed, compute)  # in (0, 1): both logs stay finite
         return tf.cast(-tf.math.log(-tf.math.log(u)), dtype)
 
