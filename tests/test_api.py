@@ -34,6 +34,7 @@ SOLVERS = {
     "argmax",
     "assignment",
     "get_solver",
+    "get_spec",
     "numpy_solver",
     "ranks",
     "register_solver",

@@ -262,18 +262,6 @@ def test_closed_form_layers_on_hostile_inputs(case):
             np.testing.assert_array_equal(y[b], _oracle(name, row, k))
 
 
-def test_nan_scores_give_nan_solutions_under_xla_too():
-    theta = tf.constant([[1.0, float("nan"), 3.0], [0.0, 2.0, 1.0]])
-    for name in ("argmax", "ranks", "sort_permutation"):
-        solver = tp.solvers.get_solver(name)
-        for fn in (solver, tf.function(solver, jit_compile=True)):
-            y = fn(theta).numpy()
-            assert np.all(np.isnan(y[0])), (name, y)
-            np.testing.assert_array_equal(y[1], _oracle(name, theta.numpy()[1], 0))
-    top = tf.function(lambda t: tp.solvers.top_k(t, 2), jit_compile=True)(theta).numpy()
-    assert np.all(np.isnan(top[0])) and np.array_equal(top[1], [0.0, 1.0, 1.0])
-
-
 def test_multiplicative_perturbation_gives_a_nan_gradient_at_zero():
     layer = tp.PerturbedArgmax(num_samples=8, perturbation="multiplicative", seed=0)
     theta = tf.constant([[1.0, 0.0, 2.0], [-1.0, -2.0, -0.5]])

@@ -1,8 +1,10 @@
 """Batched combinatorial solvers in TensorFlow ops, and the solver registry.
 
 Every solver maps scores (or costs) with any leading batch axes to a vertex of
-its polytope, breaks ties towards the lowest index and compiles with XLA,
-except `numpy_solver`, which wraps a host function.
+its polytope, as a deterministic function of its input, and compiles with XLA,
+except `numpy_solver`, which wraps a host function. Argmax, top-k, ranks and sort
+permutations break ties towards the lowest index; a shortest path or an assignment
+among several optima is the one the algorithm reaches, the same for the same input.
 """
 
 from tf_perturbed._src.solvers.assignment import assignment
@@ -12,6 +14,7 @@ from tf_perturbed._src.solvers.registry import (
     Solver,
     SolverSpec,
     get_solver,
+    get_spec,
     register_solver,
     registered_solvers,
 )
@@ -23,6 +26,7 @@ __all__ = [
     "argmax",
     "assignment",
     "get_solver",
+    "get_spec",
     "numpy_solver",
     "ranks",
     "register_solver",

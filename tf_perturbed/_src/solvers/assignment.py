@@ -18,7 +18,8 @@ Row duals are never stored: a matched row's dual is `u_i = c[i, x_i] − v[x_i]`
 searches, one Dijkstra step per element per loop iteration, so an element with
 long searches does not hold the others back at every row. Every loop is bounded:
 2n reduction steps, n² search steps (at most n insertions of at most n steps) and
-n flips per insertion. Ties are broken towards the lowest index.
+n flips per insertion. Within each step ties go to the lowest index, so the matching
+is a deterministic function of the scores (not always the lexicographically first optimum).
 
 The solver is compiled with XLA even when called eagerly or from a `tf.function`
 without `jit_compile` (a nested `tf.function(jit_compile=True)`): a while loop of

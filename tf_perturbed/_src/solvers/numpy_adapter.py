@@ -75,6 +75,8 @@ def numpy_solver(
     label = name or getattr(fn, "__name__", type(fn).__name__)
 
     def host(stack: np.ndarray, out_shape: np.ndarray) -> np.ndarray:
+        if stack.shape[0] == 0:  # an empty batch: nothing for `fn` to solve
+            return np.zeros((0,) + tuple(int(size) for size in out_shape), np_dtype)
         if batched:
             result = np.asarray(fn(stack), dtype=np_dtype)
         else:

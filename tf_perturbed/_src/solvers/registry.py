@@ -253,6 +253,19 @@ def registered_solvers() -> tuple:
     return tuple(sorted(_REGISTRY))
 
 
+def get_spec(name: str) -> SolverSpec:
+    """The registration of `name` (its axes, direction, domain, hyper-parameters), unbound.
+
+    Raises:
+      ValueError: for an unknown name (the message lists the registered ones).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"Unknown solver name: solver={name!r}. Registered solvers: {', '.join(registered_solvers())}"
+        )
+    return _REGISTRY[name]
+
+
 def _check_declared_axes(spec: SolverSpec, event_ndims, output_ndims) -> None:
     """A registered solver's axes are fixed: a different declaration is an error."""
     for argument, value, fixed in (
