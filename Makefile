@@ -18,15 +18,20 @@ $(BIN)/python:
 # The package is installed without its declared `tensorflow` dependency because
 # the CPU wheel pinned above provides the same module at a fraction of the size.
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install -q $(PINS) numpy scipy pytest ruff hypothesis matplotlib mlxtend scikit-learn
+	$(BIN)/pip install -q $(PINS) numpy scipy pytest pytest-xdist ruff hypothesis matplotlib mlxtend scikit-learn
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check tf_perturbed tests $(wildcard tutorials benchmarks)
 
+# Two workers (the CI machine's cores), one test file at a time each: a file's tests share
+# its fixtures and the traced/compiled functions of its process (per test, each worker
+# would compile them again: measured 7.0 min against 5.2 min for whole files).
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(VENV)/.installed
 	$(BIN)/python tutorials/warcraft.py --quick --methods fenchel_young --output-dir outputs/demo

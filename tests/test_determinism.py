@@ -180,15 +180,5 @@ def test_chunked_perturbed_maximum_and_fenchel_young_loss(solver, kwargs):
         np.testing.assert_allclose(chunked.numpy(), full.numpy(), rtol=1e-10, atol=1e-12)
 
 
-def test_chunk_size_is_in_the_configs():
-    for obj in (tp.PerturbedRanks(chunk_size=5), tp.PerturbedMatching(chunk_size=5),
-                tp.FenchelYoungLoss("ranks", chunk_size=5)):
-        config = obj.get_config()
-        assert config["chunk_size"] == 5
-        assert type(obj).from_config(config).get_config() == config
-    with pytest.raises(ValueError, match="chunk_size=0"):
-        tp.perturbed("argmax", chunk_size=0)
-
-
 if __name__ == "__main__":
     np.savez(sys.argv[1], **_compute())

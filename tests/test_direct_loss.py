@@ -12,8 +12,10 @@ the sample mean and its standard error std/sqrt(N) per coordinate, and asserts
 (the O(ε) bias, computed in closed form). A correct estimator fails one
 coordinate with probability < 6e-7; the seeds are fixed.
 
-Runtime: 33 tests, 54 s wall (about 18 s of CPU) on 2 CPU cores shared at load average 9;
-both direct-loss files together: 71 s.
+The layer's contract (config, seeds, `.keras`, export, fit with XLA, mixed precision,
+bad arguments) is tests/test_layer_contract.py; here, its own estimator maths.
+
+Runtime: 28 tests, about 10 s of CPU on 2 shared cores (4 s of it importing TensorFlow).
 """
 
 import math
@@ -377,16 +379,11 @@ LAYER_KWARGS = dict(
 )
 
 
-def test_layer_config_round_trip_and_output_shape():
-    layer = tp.DirectLossGradient(**LAYER_KWARGS, name="direct")
-    config = layer.get_config()
+def test_layer_config_keeps_every_argument():
+    # (the round trip, serialisation and the rest of the layer contract: tests/test_layer_contract.py)
+    config = tp.DirectLossGradient(**LAYER_KWARGS, name="direct").get_config()
     for key, value in LAYER_KWARGS.items():
         assert config[key] == value, key
-    clone = tp.DirectLossGradient.from_config(config)
-    assert clone.get_config() == config
-    assert layer.compute_output_shape((None, 5)) == (None, 5)
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert isinstance(restored, tp.DirectLossGradient) and restored.get_config() == config
 
 
 @pytest.mark.parametrize(
@@ -400,64 +397,10 @@ def test_layer_config_round_trip_and_output_shape():
         (dict(max_growth_steps=0), ValueError, "max_growth_steps=0"),
         (dict(min_perturbed_value="0"), TypeError, "min_perturbed_value='0'"),
         (dict(normalize="l3"), ValueError, "normalize='l3'"),
-        (dict(sigma=-1.0), ValueError, "sigma=-1.0"),
-        (dict(noise="cauchy"), ValueError, "noise='cauchy'"),
-        (dict(seed=-2), ValueError, "seed=-2"),
         (dict(solver="sort_permutation"), ValueError, "solver='sort_permutation'"),
-        (dict(solver="no_such_solver"), ValueError, "solver='no_such_solver'"),
     ],
 )
 def test_layer_rejects_bad_arguments(kwargs, error, pattern):
     arguments = {"solver": "argmax", **kwargs}
     with pytest.raises(error, match=pattern.replace("(", r"\(")):
         tp.DirectLossGradient(**arguments)
-
-
-def test_layer_noise_only_in_training_seeded_and_fresh_per_call():
-    theta = tf.constant(np.random.default_rng(1).normal(size=(64, 6)), tf.float32)
-    kwargs = dict(solver="argmax", sigma=2.0, seed=9)
-    first, second = tp.DirectLossGradient(**kwargs), tp.DirectLossGradient(**kwargs)
-    a1, a2 = first(theta, training=True), first(theta, training=True)
-    b1 = second(theta, training=True)
-    np.testing.assert_array_equal(a1.numpy(), b1.numpy())  # same seed, same noise
-    assert np.any(a1.numpy() != a2.numpy())  # successive calls draw new noise
-    hard = tp.solvers.argmax(theta).numpy()
-    assert np.any(a1.numpy() != hard)
-    np.testing.assert_array_equal(first(theta, training=False).numpy(), hard)
-
-
-def test_layer_eager_graph_and_xla_agree():
-    layer = tp.DirectLossGradient("ranks", epsilon=-0.8, epsilon_growth=1.2, max_growth_steps=8)
-    theta = tf.constant(np.random.default_rng(2).normal(size=(16, 5)), tf.float32)
-    target = tf.constant(np.tile(np.arange(5.0), (16, 1)), tf.float32)
-
-    def loss_and_grad(theta):
-        with tf.GradientTape() as tape:
-            tape.watch(theta)
-            y = layer(theta)
-            loss = tf.reduce_mean(tf.square(y - target))
-        return y, tape.gradient(loss, theta)
-
-    eager = loss_and_grad(theta)
-    for compiled in (tf.function(loss_and_grad), tf.function(loss_and_grad, jit_compile=True)):
-        for got, want in zip(compiled(theta), eager, strict=True):
-            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
-    assert np.abs(eager[1].numpy()).sum() > 0
-
-
-def test_layer_saves_loads_and_exports(tmp_path):
-    inputs = keras.Input((5,))
-    scores = keras.layers.Dense(5, kernel_initializer=keras.initializers.GlorotUniform(seed=0))(inputs)
-    outputs = tp.DirectLossGradient(**LAYER_KWARGS)(scores)
-    model = keras.Model(inputs, outputs)
-    x = np.random.default_rng(4).normal(size=(8, 5)).astype(np.float32)
-    expected = model.predict(x, verbose=0)
-    assert np.all(expected.sum(-1) == 2)
-    model.save(tmp_path / "direct.keras")
-    restored = keras.models.load_model(tmp_path / "direct.keras")
-    np.testing.assert_array_equal(restored.predict(x, verbose=0), expected)
-    assert restored.layers[-1].get_config() == model.layers[-1].get_config()
-    model.export(str(tmp_path / "direct_export"), verbose=False)
-    reloaded = tf.saved_model.load(str(tmp_path / "direct_export"))  # keep a reference: it owns the variables
-    served = reloaded.serve(tf.constant(x))
-    np.testing.assert_array_equal(served.numpy(), expected)

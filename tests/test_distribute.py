@@ -6,7 +6,10 @@ depend on the solver).
 
 What is checked:
 - replicas draw different noise (the replica id is folded into the stateless seed),
-  and the same seed gives the same per-replica noise again;
+  and the same seed gives the same per-replica noise again; each replica's output is
+  exactly the public op's with the replica-folded seed, `tp.seeds.fold_in(seed,
+  replica_id)` (what `tp.seeds.per_replica` does under a strategy with > 1 replica),
+  for every layer and loss and a chunked layer;
 - the `keras.random.SeedGenerator` state advances once per step and stays the same
   on every replica;
 - training under a strategy agrees with single-device training.
@@ -139,16 +142,25 @@ def test_seed_generator_state_advances_once_per_step_on_every_replica(runs):
         assert first[1] == (steps if state["noisy"] else 0)  # σ = 0 draws no seed
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["argmax", "top_k", "ranks", "sort_permutation", "shortest_path", "matching", "direct",
-     "noise_scale", "fenchel_young"],
-)
+PROBES = ["argmax", "top_k", "ranks", "sort_permutation", "shortest_path", "matching", "direct",
+          "noise_scale", "fenchel_young", "ranks_chunked"]
+
+
+@pytest.mark.parametrize("name", PROBES)
 def test_replicas_draw_different_noise_reproducibly(runs, name):
     first, second = _ok(runs["mirrored"])["probes"][name]
     assert first == second  # new objects, same seed: same noise on each replica
     replica_0, replica_1 = (np.array(v) for v in first)
     assert not np.array_equal(replica_0, replica_1)  # one input, two replicas, two noises
+
+
+@pytest.mark.parametrize("name", PROBES)
+def test_each_replica_is_the_op_with_the_replica_folded_seed(runs, name):
+    result = _ok(runs["mirrored"])
+    replicas, expected = result["probes"][name][0], result["folded_op"][name]
+    assert len(replicas) == len(expected) == 2
+    for replica, (got, want) in enumerate(zip(replicas, expected, strict=True)):
+        np.testing.assert_array_equal(np.array(got), np.array(want), err_msg=f"replica {replica}")  # bit for bit
 
 
 def test_multi_worker_fit_agrees_with_single_device_training(runs):
@@ -213,8 +225,45 @@ def _replica_outputs(strategy, fn):
     return [np.asarray(v).tolist() for v in strategy.experimental_local_results(strategy.run(fn))]
 
 
+def _folded_op(strategy, obj, inputs, target=None):
+    """Per replica r, the public op of obj at its first call with the seed folded with r, outside the strategy.
+
+    Outside a strategy `tp.seeds.next_seed` is the generator's seed itself; under one with
+    more than one replica, `tp.seeds.per_replica` folds in the replica id.
+    """
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    import tf_perturbed as tp  # noqa: PLC0415
+
+    first = tp.seeds.next_seed(keras.random.SeedGenerator(obj.seed))  # the seed of an object's first call
+    outputs = []
+    for replica in range(strategy.num_replicas_in_sync):
+        seed = tp.seeds.fold_in(first, replica)
+        if isinstance(obj, tp.FenchelYoungLoss):
+            y = tp.fenchel_young_loss(target, inputs, **obj.config.arguments(), maximize=obj.maximize, seed=seed)
+        elif isinstance(obj, tp.LearnedNoiseScale):  # θ + σ(x)·γ, σ = softplus(x·W + b) + σ_min
+            scores, features = inputs
+            h = tf.matmul(features, obj.sigma_kernel) + obj.sigma_bias
+            sigma = tf.nn.softplus(h) + obj.min_sigma
+            y = scores + sigma * tp.noise.get_noise(obj.get_config()["noise"]).sample(tf.shape(scores), seed)
+        elif isinstance(obj, tp.DirectLossGradient):  # y*(θ + σγ)
+            arguments = dict(obj.config.arguments())
+            sigma, noise = arguments.pop("sigma"), arguments.pop("noise")
+            gamma = tp.noise.get_noise(noise).sample(tf.shape(inputs), seed)
+            y = tp.direct_loss_gradient(**arguments)(inputs + sigma * gamma)
+        else:
+            y = tp.perturbed(**obj.config.arguments())(inputs, seed=seed)
+        outputs.append(np.asarray(y).tolist())
+    return outputs
+
+
 def _probes(strategy):
-    """Each layer and loss that draws noise, on one input in replica context, twice from new objects."""
+    """Each layer and loss that draws noise, on one input in replica context, twice from new objects.
+
+    Returns `(probes, folded_op)`: per name the replicas' outputs of both runs, and what
+    the public op gives with each replica's folded seed.
+    """
     import layer_harness as harness  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
@@ -234,8 +283,9 @@ def _probes(strategy):
         "matching": (lambda: tp.PerturbedMatching(num_samples=4, seed=5), mat),
         "direct": (lambda: tp.DirectLossGradient("argmax", sigma=1.0, seed=5), theta),
         "noise_scale": (lambda: tp.LearnedNoiseScale(seed=5), [theta, theta]),
+        "ranks_chunked": (lambda: tp.PerturbedRanks(num_samples=4, chunk_size=3, seed=5), theta),
     }
-    probes = {}
+    probes, folded_op = {}, {}
     for name, (make, inputs) in makers.items():
         runs = []
         for _ in range(2):
@@ -243,13 +293,15 @@ def _probes(strategy):
                 layer = make()
             runs.append(_replica_outputs(strategy, lambda: layer(inputs, training=True)))  # noqa: B023
         probes[name] = runs
+        folded_op[name] = _folded_op(strategy, layer, inputs)
     runs = []
     for _ in range(2):
         with strategy.scope():
             loss = tp.FenchelYoungLoss("argmax", num_samples=4, reduction=None, seed=5)
         runs.append(_replica_outputs(strategy, lambda: loss(target, theta)))  # noqa: B023
     probes["fenchel_young"] = runs
-    return probes
+    folded_op["fenchel_young"] = _folded_op(strategy, loss, theta, target)
+    return probes, folded_op
 
 
 def _run_mirrored():
@@ -280,7 +332,7 @@ def _run_mirrored():
         values = [np.asarray(v).tolist() for v in getattr(variable, "values", [variable])]
         states.append({"noisy": getattr(owner, "sigma", 1.0) > 0, "replicas": values})
     result["generator_states"] = states
-    result["probes"] = _probes(strategy)
+    result["probes"], result["folded_op"] = _probes(strategy)
     _log("probes")
     return result
 

@@ -515,3 +515,45 @@ def test_a_nan_row_gets_nan_and_leaves_the_other_rows_unchanged(control_variate)
     for row in (0, 2):
         np.testing.assert_array_equal(y_bad[row], y[row])
         np.testing.assert_array_equal(grad_bad[row], grad[row])
+
+
+# ------------------------------------------------------------------ eager = graph = XLA
+
+MODE_CASES = [(*case, None) for case in LINEAR_SOLVERS] + [
+    ("ranks", {}, (3, 5), "additive", 2),  # chunked: the while loop (more in test_determinism.py)
+    ("sort_permutation", {}, (3, 4), "additive", None),  # not linear: the perturbed mean only
+]
+
+
+@pytest.mark.parametrize("solver, kwargs, shape, perturbation, chunk_size", MODE_CASES)
+def test_every_op_gives_the_same_value_and_gradient_eagerly_in_a_graph_and_under_xla(
+    solver, kwargs, shape, perturbation, chunk_size
+):
+    # Same seed, same noise in every mode (Philox under XLA too); the float32 sums may be
+    # associated differently by Grappler and XLA, so agreement is to float32 rounding.
+    rng = np.random.default_rng(10)
+    theta = tf.constant(rng.uniform(0.2, 2.0, size=shape), tf.float32)
+    common = dict(num_samples=16, sigma=0.5, perturbation=perturbation, solver_kwargs=kwargs, chunk_size=chunk_size)
+    linear = tp.solvers.get_spec(solver).linear_output
+    mean = tp.perturbed(solver, seed=21, **common)
+    weights = tf.constant(rng.normal(size=mean(theta).shape), tf.float32)
+    if linear:
+        fmax = tp.perturbed_max(solver, seed=22, **common)
+        target = tp.solvers.get_solver(solver, kwargs)(tf.constant(rng.uniform(0.2, 2.0, size=shape), tf.float32))
+
+    def values_and_gradients(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            outputs = [mean(t)]
+            if linear:
+                outputs += [fmax(t), tp.fenchel_young_loss(target, t, solver, seed=23, **common)]
+            total = tf.reduce_sum(outputs[0] * weights) + sum(tf.reduce_sum(v) for v in outputs[1:])
+        return [tape.gradient(total, t), *outputs]
+
+    eager = [v.numpy() for v in values_and_gradients(theta)]
+    assert np.abs(eager[0]).max() > 0  # a gradient flows
+    for mode in ("graph", "xla"):
+        got = MODES[mode](values_and_gradients)(theta)
+        for what, g, e in zip(["gradient", "perturbed", "perturbed_max", "fenchel_young_loss"], got, eager):
+            np.testing.assert_allclose(g.numpy(), e, rtol=1e-5, atol=1e-6 * max(np.abs(e).max(), 1.0),
+                                       err_msg=f"{solver} {perturbation}: {what} in {mode} mode")

@@ -4,8 +4,10 @@ The gradient checks are exact (no Monte Carlo): the noise drawn by the layer is
 read back from its output, γ = (θ' − θ)/σ, and the direct estimate and the
 chain rule are recomputed in NumPy.
 
-Runtime: 23 tests, 40-69 s wall (about 20 s of CPU) on 2 CPU cores shared at load average 8-9,
-most of it the XLA `model.fit`; both direct-loss files together: 71 s.
+The layer's contract (config, seeds, `.keras`, export, fit with XLA, mixed precision,
+bad arguments) is tests/test_layer_contract.py.
+
+Runtime: 19 tests, about 10 s of CPU on 2 shared cores (4 s of it importing TensorFlow).
 """
 
 import keras
@@ -35,17 +37,16 @@ def _inputs(batch=32, features=5, d=4, seed=0):
     return tf.constant(scores), tf.constant(x)
 
 
-def test_noise_only_in_training_and_initial_sigma():
+def test_initial_sigma_and_sigma_returned_at_inference():
+    # (noise in training only, seeds and the rest of the layer contract: tests/test_layer_contract.py)
     scores, x = _inputs()
     layer = tp.LearnedNoiseScale(initial_sigma=0.7, return_sigma=True, seed=0)
     noisy, sigma = layer([scores, x], training=True)
     np.testing.assert_allclose(sigma.numpy(), np.full((32, 1), 0.7), rtol=1e-6)  # W = 0 at start
     assert np.all(noisy.numpy() != scores.numpy())
-    for training in (False, None):
-        out, _ = layer([scores, x], training=training)
-        np.testing.assert_array_equal(out.numpy(), scores.numpy())
-    plain = tp.LearnedNoiseScale(seed=0)
-    np.testing.assert_array_equal(plain([scores, x]).numpy(), scores.numpy())
+    out, sigma = layer([scores, x], training=False)
+    np.testing.assert_array_equal(out.numpy(), scores.numpy())
+    np.testing.assert_allclose(sigma.numpy(), np.full((32, 1), 0.7), rtol=1e-6)
 
 
 def test_sigma_stays_positive_for_extreme_weights():
@@ -134,16 +135,6 @@ def test_sigma_lr_scale_with_a_sub_model_scales_its_gradient():
     np.testing.assert_allclose(steps[0.1], 0.1 * steps[1.0], rtol=1e-4)
 
 
-def test_same_seed_same_noise_and_successive_calls_differ():
-    scores, x = _inputs(seed=9)
-    first, second = tp.LearnedNoiseScale(seed=11), tp.LearnedNoiseScale(seed=11)
-    a1, a2 = first([scores, x], training=True), first([scores, x], training=True)
-    np.testing.assert_array_equal(second([scores, x], training=True).numpy(), a1.numpy())
-    assert np.all(a1.numpy() != a2.numpy())
-    normal = tp.LearnedNoiseScale(noise="normal", seed=11)([scores, x], training=True)
-    assert np.all(normal.numpy() != a1.numpy())
-
-
 def test_sub_model_shapes_per_example_and_per_entry():
     scores = tf.zeros([6, 3, 4])  # [B, n, K]
     features = tf.ones([6, 2, 5])  # any shape the sub-model accepts
@@ -176,8 +167,6 @@ def test_sub_model_shapes_per_example_and_per_entry():
         (dict(per_entry="yes"), TypeError, "per_entry='yes'"),
         (dict(per_entry=True, sigma_model=keras.layers.Dense(1)), ValueError, "per_entry=True"),
         (dict(return_sigma=1), TypeError, "return_sigma=1"),
-        (dict(noise="cauchy"), ValueError, "noise='cauchy'"),
-        (dict(seed=1.5), ValueError, "seed=1.5"),
     ],
 )
 def test_rejects_bad_arguments(kwargs, error, pattern):
@@ -185,7 +174,7 @@ def test_rejects_bad_arguments(kwargs, error, pattern):
         tp.LearnedNoiseScale(**kwargs)
 
 
-def test_config_round_trip_with_and_without_sub_model():
+def test_config_round_trip_with_a_sub_model_and_non_default_arguments():
     head = keras.Sequential([keras.layers.Dense(2, activation="relu"), keras.layers.Dense(1)])
     for kwargs in (
         dict(noise="normal", min_sigma=0.02, initial_sigma=0.5, per_entry=True, sigma_lr_scale=0.1, seed=4),
@@ -193,6 +182,9 @@ def test_config_round_trip_with_and_without_sub_model():
     ):
         layer = tp.LearnedNoiseScale(**kwargs)
         config = layer.get_config()
+        for key, value in kwargs.items():
+            if key != "sigma_model":
+                assert config[key] == value, key
         clone = tp.LearnedNoiseScale.from_config(config)
         assert clone.get_config() == config
         restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
@@ -220,11 +212,10 @@ def _classification_data():
     return x, np.eye(4, dtype=np.float32)[labels]
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_scores_and_learned_sigma_train_with_fit(jit_compile):
+def test_scores_and_learned_sigma_train_with_fit_and_sigma_is_reported():
     x, y = _classification_data()
     model = _model()
-    model.compile(keras.optimizers.Adam(0.05), "mse", jit_compile=jit_compile)
+    model.compile(keras.optimizers.Adam(0.05), "mse", jit_compile=True)
     history = model.fit(x, y, epochs=3, batch_size=32, shuffle=False, verbose=0).history
     # MSE of one-hot predictions = (2/4)·error rate; about 0.3 in the first epoch.
     assert history["loss"][-1] < 0.5 * history["loss"][0], history
