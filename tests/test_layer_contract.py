@@ -14,8 +14,8 @@ The contracts:
    named constructor argument; `keras.saving` serialize/deserialize by registered name.
 2. `.keras` (safe_mode) of one model holding every case: the loaded model's inference
    output is the original's, bit for bit, perturbed-inference heads included (the file
-   does not keep the generators' states, as for Keras's own seeded layers: a loaded
-   model draws the noise of a new one); the file holds registered solver names, no code.
+   keeps the seed generators' states, of the layers and of the losses: a loaded model's
+   first call is the original's next one); the file holds registered solver names, no code.
 3. `model.export` of that model, served in a fresh process that never imports
    tf_perturbed (`tf.saved_model.load(...).serve`, and the TF1 session loader of
    `saved_model_cli run` and TF Serving), gives the in-process outputs bit for bit. A
@@ -492,7 +492,8 @@ def saved(tmp_path_factory):
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
         loaded = keras.saving.load_model(path, safe_mode=True)
-        yield dict(proc=proc, tmp=tmp, calls=calls, loaded=infer(loaded), config=config, losses=(model.loss, loaded.loss))
+        yield dict(proc=proc, tmp=tmp, calls=calls, next_call=infer(model), loaded=infer(loaded), config=config,
+                   losses=(model.loss, loaded.loss))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -825,15 +826,17 @@ def _heads(case, saved):
 
 @pytest.mark.parametrize("case", ALL, ids=_ids(ALL))
 def test_keras_file_loads_in_safe_mode_with_the_same_outputs(case, saved):
-    # The file keeps the weights, not the generators' states (as for Keras's own seeded
-    # layers): the loaded model draws the noise of a new model with the same seeds, so
-    # its first call is the original's first call.
+    # The file keeps the weights and the seed generators' states (saved after two calls):
+    # the loaded model's first call is the original's third, perturbed heads included.
     for head in _heads(case, saved):
-        np.testing.assert_array_equal(saved["loaded"][head], saved["calls"][0][head], err_msg=head)
+        np.testing.assert_array_equal(saved["loaded"][head], saved["next_call"][head], err_msg=head)
+        if head.endswith("_perturbed"):  # the state, not the seed alone, was restored
+            assert not np.array_equal(saved["loaded"][head], saved["calls"][0][head]), head
     original, loaded = saved["losses"]
     if is_loss(case.make(0)):
         assert type(loaded[case.name]) is type(original[case.name])
         assert loaded[case.name].get_config() == original[case.name].get_config()
+        # (a loss's generator state in saved files: tests/test_checkpoints.py)
 
 
 def _walk(obj):

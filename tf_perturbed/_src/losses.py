@@ -100,6 +100,13 @@ class FenchelYoungLoss(keras.losses.Loss):
         seed = seeds.next_seed(self.seed_generator)
         return fenchel_young.fenchel_young_value(y_true, y_pred, seed, self._config, self.maximize)
 
+    def save_own_variables(self, store) -> None:
+        """The seed generator's state, saved with the model's weights (see `seeds.save_state`)."""
+        seeds.save_state(self.seed_generator, store)
+
+    def load_own_variables(self, store) -> None:
+        seeds.load_state(self.seed_generator, store)
+
     def get_config(self):
         config = super().get_config()
         config.update(self._config.arguments(), seed=self.seed, maximize=self.maximize)

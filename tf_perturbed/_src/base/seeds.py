@@ -91,3 +91,29 @@ def next_seed(generator) -> tf.Tensor:
     `next()` of `keras.random.SeedGenerator(s)`.
     """
     return per_replica(sanitize_seed(tf.convert_to_tensor(generator.next())))
+
+
+STATE_KEY = "seed_generator_state"  # the generator's state among an object's saved variables
+
+
+def save_state(generator, store) -> None:
+    """Adds a `keras.random.SeedGenerator`'s state to a Keras weights store.
+
+    Keras saves a layer's own weights only, not its generators' states (nor a loss's),
+    so an object restored from a `.keras` file, `save_weights` or `BackupAndRestore`
+    would draw its first call's noise again. The layers and losses of the package save
+    the state with their weights, so a restored object continues where it stopped, as
+    one loaded from the SavedModel of `model.export` does.
+    """
+    store[STATE_KEY] = generator.state
+
+
+def load_state(generator, store):
+    """Restores what `save_state` saved; returns the rest of the store, as a dict.
+
+    A store without the state (a file of tf_perturbed 0.1) leaves the generator as it is.
+    """
+    names = list(store.keys())
+    if STATE_KEY in names:
+        generator.state.assign(np.asarray(store[STATE_KEY]))
+    return {name: store[name] for name in names if name != STATE_KEY}

@@ -44,3 +44,11 @@ class SeededLayer(keras.layers.Layer):
         config = super().get_config()
         config.update(self.arguments(), seed=self.seed)
         return config
+
+    def save_own_variables(self, store) -> None:
+        """The layer's weights and its seed generator's state (see `seeds.save_state`)."""
+        super().save_own_variables(store)
+        seeds.save_state(self.seed_generator, store)
+
+    def load_own_variables(self, store) -> None:
+        super().load_own_variables(seeds.load_state(self.seed_generator, store))
