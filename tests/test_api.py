@@ -20,6 +20,7 @@ PUBLIC = {
     "__version__",
     "direct_categorical_gradient",
     "direct_loss_gradient",
+    "distribute",
     "fenchel_young_loss",
     "noise",
     "perturbed",
@@ -44,10 +45,13 @@ SOLVERS = {
     "top_k",
 }
 
+DISTRIBUTE = {"TESTED_KERAS", "is_patched", "patch_keras_fit", "unpatch_keras_fit", "worker_backup_dir"}
+
 
 def test_exported_names_are_pinned():
     assert set(tp.__all__) == PUBLIC
     assert set(tp.solvers.__all__) == SOLVERS
+    assert set(tp.distribute.__all__) == DISTRIBUTE
     for name in tp.__all__:
         assert hasattr(tp, name), name
     for name in tp.solvers.__all__:

@@ -342,33 +342,17 @@ def _run_worker():
     import layer_harness as harness  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    # Keras 3 (checked with 3.15.1) fails in model.fit under MultiWorkerMirroredStrategy for
-    # any model, a plain Dense one too (keras-team/keras#20585): it reduces the first input
-    # batch and the scalar logs with `strategy.reduce(...)` in forms the collective strategy
-    # rejects. Two workarounds, for this test only: build the compiled state from a local
-    # batch, and reduce the logs with axis=None.
-    from keras.src.backend.tensorflow import trainer as tf_trainer  # noqa: PLC0415
-
+    # Keras 3.15.1's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585):
+    # the package's public workaround, as tutorials/multi_worker.py and the README use it.
     import tf_perturbed as tp  # noqa: PLC0415
 
+    tp.distribute.patch_keras_fit()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    reduce_per_replica = tf_trainer.reduce_per_replica
-
-    def reduce_logs(values, strategy, reduction):
-        if tf_trainer._collective_all_reduce_multi_worker(strategy) and reduction in ("auto", "mean"):
-            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-        return reduce_per_replica(values, strategy, reduction)
-
-    tf_trainer.reduce_per_replica = reduce_logs
     x, y = harness.all_layers_data(N)
     # The heads without structured solvers (those are slow to trace; MirroredStrategy covers
     # them): folding the replica id into the seed does not depend on the solver. Same seeds,
     # hence the single-device model's initial weights.
     model, losses = _build(strategy, WORKER_HEADS)
-    with strategy.scope():
-        batch = ({k: v[:2] for k, v in x.items() if k in model.input}, {k: y[k][:2] for k in losses}, None)
-        model._symbolic_build(data_batch=batch)
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     y = {name: y[name] for name in losses}
     result = {"replicas": strategy.num_replicas_in_sync, "multi_worker": _fit(model, losses, x, y, None, 0)}
     theta = tf.constant(np.random.default_rng(1).normal(size=(4, harness.ALL_D)), tf.float32)

@@ -5,7 +5,7 @@ argmax, top-k, ranking, shortest paths and matchings into Keras layers and
 losses that train with `model.fit`, compile with XLA and export to SavedModel.
 """
 
-from tf_perturbed import noise, seeds, solvers
+from tf_perturbed import distribute, noise, seeds, solvers
 from tf_perturbed._src.estimators.direct import direct_categorical_gradient, direct_loss_gradient
 from tf_perturbed._src.estimators.fenchel_young import fenchel_young_loss
 from tf_perturbed._src.estimators.perturbed.api import perturbed, perturbed_max
@@ -36,6 +36,7 @@ __all__ = [
     "__version__",
     "direct_categorical_gradient",
     "direct_loss_gradient",
+    "distribute",
     "fenchel_young_loss",
     "noise",
     "perturbed",
