@@ -192,7 +192,7 @@ def test_a_killed_worker_restarted_with_the_others_resumes_where_the_backup_left
         assert resumed["seed_states"] == reference["seed_states"]
 
 
-def test_patch_is_idempotent_reversible_and_leaves_other_strategies_to_keras():
+def test_patch_is_idempotent_reversible_and_leaves_other_strategies_to_keras(monkeypatch):
     import keras  # noqa: PLC0415
     from keras.src.backend.tensorflow import trainer  # noqa: PLC0415  (to see what the patch replaces)
 
@@ -215,6 +215,10 @@ def test_patch_is_idempotent_reversible_and_leaves_other_strategies_to_keras():
         x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
         assert np.isfinite(model.fit(x, x, epochs=1, verbose=0).history["loss"][0])
         assert "3.15.1" in tp.distribute.TESTED_KERAS
+        tp.distribute.unpatch_keras_fit()
+        monkeypatch.setattr(keras, "version", lambda: "3.99.0")  # a release it was not tested with
+        with pytest.warns(UserWarning, match=r"not 3\.99\.0.*keras-team/keras#20585"):
+            assert tp.distribute.patch_keras_fit() is True
     finally:
         assert tp.distribute.unpatch_keras_fit() is True
         assert tp.distribute.unpatch_keras_fit() is False

@@ -19,7 +19,9 @@ again, and `unpatch_keras_fit` restores Keras's own functions.
 """
 
 import threading
+import warnings
 
+import keras
 import tensorflow as tf
 
 _LOCK = threading.Lock()
@@ -81,10 +83,20 @@ def patch_keras_fit() -> bool:
 
     Returns:
       True if this call applied the workaround, False if it was already applied.
+
+    Warns (UserWarning) on a Keras version it was not tested with (`TESTED_KERAS`):
+    check whether that release fixes the issue, and drop the call if it does.
     """
     with _LOCK:
         if _ORIGINALS:
             return False
+        if keras.version() not in TESTED_KERAS:
+            warnings.warn(
+                f"tf_perturbed.distribute.patch_keras_fit was tested with Keras {', '.join(TESTED_KERAS)}, "
+                f"not {keras.version()}: check whether keras-team/keras#20585 is fixed there (then drop the "
+                "call); the workaround replaces private functions that may have changed.",
+                stacklevel=2,
+            )
         trainer = _trainer_module()
         _ORIGINALS["reduce_per_replica"] = trainer.reduce_per_replica
         _ORIGINALS[_BUILD] = getattr(trainer.TensorFlowTrainer, _BUILD)
