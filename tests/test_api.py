@@ -36,6 +36,7 @@ SOLVERS = {
     "assignment",
     "get_solver",
     "get_spec",
+    "knapsack",
     "numpy_solver",
     "ranks",
     "register_solver",
@@ -60,7 +61,7 @@ def test_exported_names_are_pinned():
 
 def test_registered_solvers_and_noises():
     assert set(tp.solvers.registered_solvers()) >= {
-        "argmax", "top_k", "ranks", "sort_permutation", "shortest_path", "assignment"
+        "argmax", "top_k", "ranks", "sort_permutation", "shortest_path", "assignment", "knapsack"
     }
     assert set(tp.noise.registered_noises()) >= {"normal", "gumbel"}
     assert not tp.solvers.get_solver("shortest_path").maximize

@@ -261,6 +261,23 @@ RANKS = _vector_problem(_rank_vectors, _inner, _check_rank_vector, _stable_ranks
 SORT = _vector_problem(_rank_vectors, _sorting_objective, _check_permutation_matrix, _lowest_sort_permutation)
 PATH_8, PATH_4 = _path_problem(8), _path_problem(4)
 MATCHING = Problem((7, 7), (1, 1), _scores, _inner, _matching_optimum, _check_permutation_matrix)
+ITEM_WEIGHTS, CAPACITY = (3, 1, 4, 1, 5, 2, 6), 9  # some items never fit together, one fits alone
+
+
+def _selections(d: int) -> np.ndarray:
+    """Every 0/1 selection of the 7 items within the capacity: [V, 7]."""
+    chosen = np.array(list(itertools.product([0.0, 1.0], repeat=d)))
+    return chosen[chosen @ np.array(ITEM_WEIGHTS) <= CAPACITY]
+
+
+def _check_selection(y: np.ndarray, x: np.ndarray) -> None:
+    assert np.isin(y, [0.0, 1.0]).all(), y
+    assert (y @ np.array(ITEM_WEIGHTS) <= CAPACITY).all(), y
+
+
+KNAPSACK = dataclasses.replace(
+    _vector_problem(_selections, _inner, _check_selection, None), smallest=(len(ITEM_WEIGHTS),)
+)
 
 
 # ---------------------------------------------------------------------------
@@ -318,6 +335,8 @@ CASES = [
     Case("shortest_path_8", get("shortest_path", neighbourhood=8), PATH_8, "costs", non_finite="raise", invalid=(NAN, INF, -1.0)),
     Case("shortest_path_4", get("shortest_path", neighbourhood=4), PATH_4, "costs", non_finite="raise", invalid=(NAN, INF, -1.0)),
     Case("assignment", get("assignment"), MATCHING, "scores", non_finite="raise", invalid=(NAN, INF, -INF)),
+    Case("knapsack", get("knapsack", weights=ITEM_WEIGHTS, capacity=CAPACITY), KNAPSACK, "values", non_finite="raise",
+         invalid=(NAN, INF, -INF)),
     Case("numpy_argmax", tp.solvers.numpy_solver(_numpy_argmax), ARGMAX, lowest_index=True, xla=False),
     Case("scipy_assignment", tp.solvers.numpy_solver(_scipy_assignment, event_ndims=2), MATCHING, xla=False),
 ]  # fmt: skip
@@ -530,16 +549,17 @@ def test_nan_problems_get_nan_solutions_and_infinities_are_scores(case):
 def test_invalid_input_raises_and_gives_nan_under_xla(case):
     clean = _mixed(case, np.random.default_rng(7))
     expected = _solve(case.solver, clean)
+    inner = (0,) * (len(case.problem.event) - 1)  # an entry inside the problem, whatever its rank
     for value in case.invalid:
         x = clean.copy()
-        x[17, 0, 1] = value
+        x[(17, *inner, 1)] = value
         for fn in (case.solver, _graph(case)):  # eagerly and in graphs the check raises
             with pytest.raises(tf.errors.InvalidArgumentError, match=case.argument):
                 fn(tf.constant(x))
     # XLA drops the check: each invalid problem gets a NaN solution, the others are solved.
     x, rows = clean.copy(), [3, 5, 7]
     for row, value in zip(rows, case.invalid, strict=True):
-        x[row, -1, 0] = value
+        x[(row, *(-1 for _ in inner), 0)] = value
     y = _solve(_xla(case), x)
     assert np.isnan(y[rows]).all()
     np.testing.assert_array_equal(np.delete(y, rows, 0), np.delete(expected, rows, 0))

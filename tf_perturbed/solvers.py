@@ -3,12 +3,14 @@
 Every solver maps scores (or costs) with any leading batch axes to a vertex of
 its polytope, as a deterministic function of its input, and compiles with XLA,
 except `numpy_solver`, which wraps a host function. Argmax, top-k, ranks and sort
-permutations break ties towards the lowest index; a shortest path or an assignment
-among several optima is the one the algorithm reaches, the same for the same input.
+permutations break ties towards the lowest index; a shortest path, an assignment or a
+knapsack selection among several optima is the one the algorithm reaches, the same for
+the same input.
 """
 
 from tf_perturbed._src.solvers.assignment import assignment
 from tf_perturbed._src.solvers.core import argmax, ranks, sort_permutation, top_k
+from tf_perturbed._src.solvers.knapsack import knapsack
 from tf_perturbed._src.solvers.numpy_adapter import numpy_solver
 from tf_perturbed._src.solvers.registry import (
     Solver,
@@ -27,6 +29,7 @@ __all__ = [
     "assignment",
     "get_solver",
     "get_spec",
+    "knapsack",
     "numpy_solver",
     "ranks",
     "register_solver",

@@ -2,6 +2,7 @@
 
 from tf_perturbed._src.base import validate
 from tf_perturbed._src.solvers import core
+from tf_perturbed._src.solvers import knapsack as knapsack_lib
 from tf_perturbed._src.solvers.assignment import assignment
 from tf_perturbed._src.solvers.registry import register_solver
 from tf_perturbed._src.solvers.shortest_path import shortest_path
@@ -13,6 +14,11 @@ def _permutation_matrix_shape(shape: tuple) -> tuple:
 
 def _check_top_k(params: dict) -> dict:
     return {"k": validate.integer(params["k"], "k")}
+
+
+def _check_knapsack(params: dict) -> dict:
+    weights, capacity = knapsack_lib.check_arguments(params["weights"], params["capacity"])
+    return {"weights": list(weights), "capacity": capacity}  # a list: the form a JSON config holds
 
 
 def _check_shortest_path(params: dict) -> dict:
@@ -34,3 +40,4 @@ register_solver(
     domain_min=0.0,
 )
 register_solver("assignment", assignment, event_ndims=2)
+register_solver("knapsack", knapsack_lib.knapsack, params=("weights", "capacity"), check_params=_check_knapsack)
