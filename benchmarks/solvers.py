@@ -8,14 +8,16 @@ What is timed, for each problem (a batch of B random instances):
   `scipy.sparse.csgraph.dijkstra(…, indices=0, return_predecessors=True)` and the
   walk back from the bottom-right vertex into a 0/1 mask. Assignment:
   `scipy.optimize.linear_sum_assignment(s, maximize=True)` per matrix, written into
-  a permutation matrix.
-- ours: `tf_perturbed.solvers.shortest_path` / `assignment` on a tensor holding the
-  batch, in a `tf.function` (graph mode) and a `tf.function(jit_compile=True)` (XLA),
-  each call ending with `.numpy()`. Both solvers compile their loops with XLA even
+  a permutation matrix. Knapsack: `scipy.optimize.milp` per instance (maximise ⟨v, y⟩,
+  y ∈ {0, 1}ⁿ, ⟨w, y⟩ ≤ C; integer weights 3–7 and C = half their sum, as in PyEPO's
+  generator), rounded to a 0/1 vector.
+- ours: `tf_perturbed.solvers.shortest_path` / `assignment` / `knapsack` on a tensor
+  holding the batch, in a `tf.function` (graph mode) and a `tf.function(jit_compile=True)` (XLA),
+  each call ending with `.numpy()`. The solvers compile their loops with XLA even
   in graph mode, so the two modes mostly differ by the ops around the loops.
 
 Before timing, every problem is checked: our optimal values (path costs, matching
-scores) must equal SciPy's. Candidates alternate round by round, as in
+scores, knapsack values) must equal SciPy's. Candidates alternate round by round, as in
 `common.interleaved_times`; tables give medians, and ratios are SciPy's median over
 ours, in wall-clock time and in the process's CPU time (less distorted when other
 jobs share the machine).
@@ -39,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import scipy.sparse  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from scipy.optimize import linear_sum_assignment  # noqa: E402
+from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp  # noqa: E402
 from scipy.sparse.csgraph import dijkstra  # noqa: E402
 
 from tf_perturbed import solvers  # noqa: E402
@@ -49,13 +51,16 @@ import common  # noqa: E402
 
 KING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
-# (solver, size, batch): shortest paths on H × H grids, assignments of n × n matrices.
+# (solver, size, batch): shortest paths on H × H grids, assignments of n × n matrices,
+# knapsacks of n items.
 PROBLEMS = [
     ("shortest_path", 12, 512),
     ("shortest_path", 30, 512),
     ("assignment", 10, 512),
     ("assignment", 50, 256),
     ("assignment", 100, 64),
+    ("knapsack", 32, 512),
+    ("knapsack", 100, 256),
 ]
 
 
@@ -96,6 +101,41 @@ def scipy_assignments(scores: np.ndarray) -> np.ndarray:
     return perms
 
 
+def knapsack_instance(size: int) -> tuple:
+    """(weights, capacity) of the n = size items: integers in [3, 7], capacity half their sum."""
+    weights = np.random.default_rng(size).integers(3, 8, size)
+    return tuple(int(w) for w in weights), int(weights.sum()) // 2
+
+
+def scipy_knapsacks(values: np.ndarray, weights: tuple, capacity: int) -> np.ndarray:
+    """0/1 selections `[B, n]` maximising ⟨v, y⟩ with ⟨w, y⟩ ≤ C, one MILP per instance."""
+    n = values.shape[-1]
+    constraint = LinearConstraint(np.array([weights], float), -np.inf, capacity)
+    chosen = np.zeros_like(values)
+    for b in range(len(values)):
+        result = milp(-values[b].astype(np.float64), constraints=constraint, integrality=np.ones(n),
+                      bounds=Bounds(0, 1))
+        chosen[b] = np.round(result.x)
+    return chosen
+
+
+def numpy_knapsacks(values: np.ndarray, weights: tuple, capacity: int) -> np.ndarray:
+    """The same selections by the textbook table in NumPy, one instance at a time (float64)."""
+    chosen = np.zeros_like(values)
+    for b, row in enumerate(values.astype(np.float64)):
+        table, better = np.zeros(capacity + 1), np.zeros((len(weights), capacity + 1), bool)
+        for i, (w, v) in enumerate(zip(weights, row, strict=True)):
+            take = np.full(capacity + 1, -np.inf)
+            take[w:] = table[: capacity + 1 - w] + v
+            better[i] = take > table
+            table = np.maximum(table, take)
+        room = capacity
+        for i in range(len(weights) - 1, -1, -1):
+            if better[i, room]:
+                chosen[b, i], room = 1.0, room - weights[i]
+    return chosen
+
+
 def make_problem(solver: str, size: int, batch: int):
     """(inputs, SciPy function, our solver) for one problem."""
     rng = np.random.default_rng(0)
@@ -105,6 +145,13 @@ def make_problem(solver: str, size: int, batch: int):
             rng.uniform(0.1, 10.0, (batch, size, size)).astype(np.float32),
             scipy_shortest_paths,
             solvers.shortest_path,
+        )
+    if solver == "knapsack":
+        weights, capacity = knapsack_instance(size)
+        return (
+            rng.uniform(0.0, 1.0, (batch, size)).astype(np.float32),
+            lambda values: scipy_knapsacks(values, weights, capacity),
+            lambda values: solvers.knapsack(values, weights, capacity),
         )
     return (
         rng.normal(size=(batch, size, size)).astype(np.float32),
@@ -123,12 +170,14 @@ def compiled(ours) -> dict:
 
 def check_against_scipy(solver: str, inputs: np.ndarray, reference, candidates: dict) -> None:
     """Raises AssertionError unless every candidate's optimal values (path costs, matching
-    scores) equal SciPy's on `inputs` (tests/test_benchmarks.py runs it on small problems)."""
+    scores, knapsack values) equal SciPy's on `inputs` (tests/test_benchmarks.py runs it
+    on small problems)."""
     tensor = tf.constant(inputs)
+    axes = tuple(range(1, inputs.ndim))  # a problem's axes
     # Same optimal values as SciPy (ties could pick other optimal solutions).
-    expected = np.sum(reference(inputs) * inputs, axis=(1, 2), dtype=np.float64)
+    expected = np.sum(reference(inputs) * inputs, axis=axes, dtype=np.float64)
     for name, fn in candidates.items():
-        got = np.sum(fn(tensor).numpy() * inputs, axis=(1, 2), dtype=np.float64)
+        got = np.sum(fn(tensor).numpy() * inputs, axis=axes, dtype=np.float64)
         np.testing.assert_allclose(got, expected, rtol=1e-5, err_msg=f"{solver} {name}")
 
 
@@ -143,16 +192,18 @@ def time_problem(solver: str, size: int, batch: int, rounds: int) -> dict:
         fn(tensor).numpy()
         first_call_s[name] = time.perf_counter() - start
     check_against_scipy(solver, inputs, reference, candidates)
+    timed = {
+        "scipy": lambda: reference(inputs),
+        "graph": lambda: candidates["graph"](tensor).numpy(),
+        "xla": lambda: candidates["xla"](tensor).numpy(),
+    }
+    if solver == "knapsack":  # the other loop a user might write: the textbook table in NumPy
+        weights, capacity = knapsack_instance(size)
+        check_against_scipy(solver, inputs, reference, {"numpy": lambda t: tf.constant(
+            numpy_knapsacks(t.numpy(), weights, capacity))})
+        timed["numpy"] = lambda: numpy_knapsacks(inputs, weights, capacity)
     cpu = {}
-    wall = common.interleaved_times(
-        {
-            "scipy": lambda: reference(inputs),
-            "graph": lambda: candidates["graph"](tensor).numpy(),
-            "xla": lambda: candidates["xla"](tensor).numpy(),
-        },
-        rounds=rounds,
-        cpu_times=cpu,
-    )
+    wall = common.interleaved_times(timed, rounds=rounds, cpu_times=cpu)
     summary = {name: common.summarize(values) for name, values in wall.items()}
     cpu_summary = {name: common.summarize(values) for name, values in cpu.items()}
     scipy_ms = summary["scipy"]["median_ms"]
@@ -187,8 +238,12 @@ def report(payload: dict, info: dict, command: str) -> str:
     rows = []
     for item in payload["problems"]:
         t = item["times"]
-        label = "H × W" if item["solver"] == "shortest_path" else "n"
-        size = f"{item['size']} × {item['size']}" if label == "H × W" else str(item["size"])
+        if item["solver"] == "shortest_path":
+            size = f"{item['size']} × {item['size']}"
+        elif item["solver"] == "knapsack":
+            size = f"n = {item['size']}, C = {knapsack_instance(item['size'])[1]}"
+        else:
+            size = f"n = {item['size']}"
         rows.append(
             [
                 item["solver"],
@@ -203,6 +258,13 @@ def report(payload: dict, info: dict, command: str) -> str:
                 f"{item['first_call_s']['xla']:.1f}",
             ]
         )
+    notes = [
+        f"Knapsack, n = {item['size']}, B = {item['batch']}: the textbook table in NumPy, one instance "
+        f"at a time, takes {item['times']['numpy']['median_ms']:.3g} ms; ours under XLA is "
+        f"{item['times']['numpy']['median_ms'] / item['times']['xla']['median_ms']:.1f}× faster."
+        for item in payload["problems"]
+        if "numpy" in item["times"]
+    ]
     table = common.markdown_table(
         [
             "solver",
@@ -228,6 +290,7 @@ def report(payload: dict, info: dict, command: str) -> str:
             "which a busy machine distorts less. First call = tracing and XLA "
             "compilation.",
             table,
+            *notes,
             common.machine_markdown(info, command),
         ]
     )
