@@ -27,6 +27,7 @@ PUBLIC = {
     "perturbed_max",
     "seeds",
     "solvers",
+    "spo_plus_loss",
 }
 
 SOLVERS = {

@@ -9,6 +9,7 @@ from tf_perturbed import distribute, noise, seeds, solvers
 from tf_perturbed._src.estimators.direct import direct_categorical_gradient, direct_loss_gradient
 from tf_perturbed._src.estimators.fenchel_young import fenchel_young_loss
 from tf_perturbed._src.estimators.perturbed.api import perturbed, perturbed_max
+from tf_perturbed._src.estimators.spo_plus import spo_plus_loss
 from tf_perturbed._src.layers.direct import DirectLossGradient
 from tf_perturbed._src.layers.noise_scale import LearnedNoiseScale
 from tf_perturbed._src.layers.perturbed import (
@@ -43,4 +44,5 @@ __all__ = [
     "perturbed_max",
     "seeds",
     "solvers",
+    "spo_plus_loss",
 ]

@@ -1,0 +1,135 @@
+"""The SPO+ loss against its definition by brute force, and its subgradient against finite differences."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_perturbed as tp
+
+D = 5
+WEIGHTS, CAPACITY = [3, 1, 4, 1, 5], 6
+
+
+def _vertices(name):
+    """Every solution of the problem on D items (or a 3 × 3 matching): [V, *event]."""
+    if name == "argmax":
+        return np.eye(D)
+    if name == "top_k":
+        return np.array([np.isin(np.arange(D), c) for c in itertools.combinations(range(D), 2)], float)
+    if name == "ranks":
+        return np.array(list(itertools.permutations(range(D))), float)
+    if name == "knapsack":
+        chosen = np.array(list(itertools.product([0.0, 1.0], repeat=D)))
+        return chosen[chosen @ np.array(WEIGHTS) <= CAPACITY]
+    return np.array([np.eye(3)[list(p)] for p in itertools.permutations(range(3))])  # assignment
+
+
+CASES = {
+    "argmax": ({}, (D,)),
+    "top_k": ({"k": 2}, (D,)),
+    "ranks": ({}, (D,)),
+    "knapsack": ({"weights": WEIGHTS, "capacity": CAPACITY}, (D,)),
+    "assignment": ({}, (3, 3)),
+}
+
+
+def _spo_by_definition(theta_hat, theta, vertices):
+    """max_y ⟨2θ̂ − θ, y⟩ − 2⟨θ̂, y*(θ)⟩ + ⟨θ, y*(θ)⟩ by enumerating the vertices, float64."""
+    flat = vertices.reshape(len(vertices), -1)
+    th, t = theta_hat.reshape(len(theta_hat), -1), theta.reshape(len(theta), -1)
+    star = flat[np.argmax(t @ flat.T, axis=-1)]  # y*(θ) (continuous θ: no ties)
+    return np.max((2 * th - t) @ flat.T, axis=-1) - 2 * (th * star).sum(-1) + (t * star).sum(-1)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_value_is_the_definition_nonnegative_and_zero_at_the_truth(name):
+    kwargs, event = CASES[name]
+    rng = np.random.default_rng(0)
+    theta, theta_hat = rng.normal(size=(64, *event)), rng.normal(size=(64, *event))
+    got = tp.spo_plus_loss(tf.constant(theta), tf.constant(theta_hat), name, solver_kwargs=kwargs).numpy()
+    np.testing.assert_allclose(got, _spo_by_definition(theta_hat, theta, _vertices(name)), rtol=1e-12, atol=1e-12)
+    assert np.all(got >= 0) and np.any(got > 0.1)
+    at_truth = tp.spo_plus_loss(tf.constant(theta), tf.constant(theta), name, solver_kwargs=kwargs).numpy()
+    np.testing.assert_array_equal(at_truth, 0.0)
+    given = tp.solvers.get_solver(name, kwargs)(tf.constant(theta))
+    with_y = tp.spo_plus_loss(tf.constant(theta), tf.constant(theta_hat), name, y_true=given, solver_kwargs=kwargs)
+    np.testing.assert_array_equal(with_y.numpy(), got)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_subgradient_is_that_of_the_value(name):
+    # ℓ is piecewise linear in θ̂: float64 central differences along random directions equal
+    # ⟨∇ℓ, v⟩ (a step of 1e-6 almost never crosses a kink; the seed is fixed), and ∇ℓ is
+    # 2(y*(2θ̂ − θ) − y*(θ)) computed by the public solver.
+    kwargs, event = CASES[name]
+    rng = np.random.default_rng(1)
+    theta, theta_hat = tf.constant(rng.normal(size=(16, *event))), rng.normal(size=(16, *event))
+    weights = tf.constant(rng.uniform(0.5, 1.5, 16))
+
+    def value(t):
+        return tf.reduce_sum(weights * tp.spo_plus_loss(theta, t, name, solver_kwargs=kwargs))
+
+    t = tf.constant(theta_hat)
+    with tf.GradientTape() as tape:
+        tape.watch(t)
+        total = value(t)
+    grad = tape.gradient(total, t).numpy()
+    solve = tp.solvers.get_solver(name, kwargs)
+    expected = 2 * (solve(2 * t - theta).numpy() - solve(theta).numpy())
+    np.testing.assert_array_equal(grad, weights.numpy()[(...,) + (None,) * len(event)] * expected)
+    assert np.abs(grad).max() > 0
+    h = 1e-6
+    for v in rng.normal(size=(3, 16, *event)):
+        fd = (value(tf.constant(theta_hat + h * v)) - value(tf.constant(theta_hat - h * v))).numpy() / (2 * h)
+        np.testing.assert_allclose((grad * v).sum(), fd, rtol=1e-7, atol=1e-8)
+
+
+def test_minimising_costs_is_maximising_their_negatives():
+    rng = np.random.default_rng(2)
+    costs, predicted = tf.constant(rng.normal(size=(8, D))), tf.constant(rng.normal(size=(8, D)))
+
+    def argmin(c):
+        return tp.solvers.argmax(-c)
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(predicted)
+        as_costs = tp.spo_plus_loss(costs, predicted, argmin, maximize=False)
+        as_scores = tp.spo_plus_loss(-costs, -predicted, "argmax")
+    np.testing.assert_allclose(as_costs.numpy(), as_scores.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(tape.gradient(as_costs, predicted).numpy(), tape.gradient(as_scores, predicted).numpy())
+
+
+def test_eager_graph_and_xla_agree_and_no_gradient_reaches_the_truth():
+    rng = np.random.default_rng(3)
+    theta, theta_hat = tf.constant(rng.normal(size=(6, D)), tf.float32), tf.constant(rng.normal(size=(6, D)), tf.float32)
+    kwargs = CASES["knapsack"][0]
+
+    def both(t, p):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([t, p])
+            value = tp.spo_plus_loss(t, p, "knapsack", solver_kwargs=kwargs)
+        return value, tape.gradient(value, p), tape.gradient(value, t)
+
+    eager = both(theta, theta_hat)
+    assert eager[2] is None
+    for fn in (tf.function(both), tf.function(both, jit_compile=True)):
+        value, grad, none = fn(theta, theta_hat)
+        np.testing.assert_array_equal(value.numpy(), eager[0].numpy())
+        np.testing.assert_array_equal(grad.numpy(), eager[1].numpy())
+        assert none is None
+
+
+def test_bad_solvers_and_shapes_are_named():
+    theta = tf.ones([2, 3, 3])
+    with pytest.raises(ValueError, match="solver='shortest_path'"):
+        tp.spo_plus_loss(theta, theta, "shortest_path")
+    with pytest.raises(ValueError, match="'sort_permutation' returns another shape"):
+        tp.spo_plus_loss(tf.ones([2, 3]), tf.ones([2, 3]), "sort_permutation")
+    with pytest.raises(ValueError, match=r"theta_true\.shape=\(2, 3\), theta_pred\.shape=\(2, 4\)"):
+        tp.spo_plus_loss(tf.ones([2, 3]), tf.ones([2, 4]), "argmax")
+    with pytest.raises(ValueError, match=r"y_true\.shape=\(2, 4\)"):
+        tp.spo_plus_loss(tf.ones([2, 3]), tf.ones([2, 3]), "argmax", y_true=tf.ones([2, 4]))
+    with pytest.raises(TypeError, match="theta_pred"):
+        tp.spo_plus_loss(tf.ones([2, 3]), tf.ones([2, 3], tf.int32), "argmax")

@@ -1,0 +1,116 @@
+"""The SPO+ loss (Elmachtoub & Grigas 2022): a convex surrogate of the decision regret, no noise."""
+
+from typing import Optional
+
+import tensorflow as tf
+
+from tf_perturbed._src.base import validate
+from tf_perturbed._src.estimators.perturbed.api import SolverLike
+from tf_perturbed._src.solvers import registry
+
+
+def _inner(a: tf.Tensor, b: tf.Tensor, event_ndims: int) -> tf.Tensor:
+    """⟨a, b⟩ over the last `event_ndims` axes."""
+    return tf.reduce_sum(a * b, axis=list(range(-event_ndims, 0)))
+
+
+def spo_plus_loss(
+    theta_true: tf.Tensor,
+    theta_pred: tf.Tensor,
+    solver: SolverLike,
+    *,
+    y_true: Optional[tf.Tensor] = None,
+    maximize: Optional[bool] = None,
+    solver_kwargs: Optional[dict] = None,
+    event_ndims: Optional[int] = None,
+) -> tf.Tensor:
+    """SPO+ loss per example, with its subgradient: for predicted and true scores (or costs).
+
+    Formula (minimising costs c, as in the paper; ĉ the prediction, w*(c) the solution):
+      ℓ(ĉ, c) = −min_w ⟨2ĉ − c, w⟩ + 2⟨ĉ, w*(c)⟩ − ⟨c, w*(c)⟩ ≥ 0,  ℓ(c, c) = 0
+      ∂ĉ ℓ ∋ 2 (w*(c) − w*(2ĉ − c))
+      maximising scores θ (θ = −c): ℓ(θ̂, θ) = max_y ⟨2θ̂ − θ, y⟩ − 2⟨θ̂, y*(θ)⟩ + ⟨θ, y*(θ)⟩,
+      ∂θ̂ ℓ ∋ 2 (y*(2θ̂ − θ) − y*(θ))
+
+    One solver call solves every 2θ̂ − θ and, when `y_true` is not given, every θ.
+    No gradient reaches `theta_true` (it is data).
+
+    Args:
+      theta_true: true scores (or costs) θ, `[..., *event]`.
+      theta_pred: predicted scores (or costs) θ̂, the same shape.
+      solver: a registered name, a `Solver` or a callable `theta -> y` (see
+        `tf_perturbed.perturbed`); its output must have θ's shape. A solver with a
+        domain (`"shortest_path"`: costs ≥ 0) is rejected: 2θ̂ − θ leaves it.
+      y_true: y*(θ) if already known (e.g. stored with the data), else computed.
+      maximize: whether the solver maximises ⟨y, θ⟩ (True: scores) or minimises
+        ⟨y, c⟩ (False: costs); None follows the solver's registration.
+      solver_kwargs: hyper-parameters of the solver, e.g. `{"k": 3}`.
+      event_ndims: for a callable solver, the problem's trailing axes (default 1).
+
+    Returns:
+      The loss per example, `[...]` (θ's batch shape), in θ̂'s dtype.
+
+    Raises:
+      ValueError: for shapes that differ, a solver whose output is not θ's shape, a
+        solver with a domain, or bad arguments (naming them).
+
+    Example:
+      >>> spo_plus_loss(tf.constant([[1.0, 2.0, 0.5]]), tf.constant([[1.0, 2.0, 0.5]]), "argmax").numpy()
+      array([0.], dtype=float32)
+
+    References:
+      Elmachtoub, Grigas (2022), Smart "Predict, then Optimize", Management Science 68(1).
+    """
+    solver = registry.get_solver(solver, solver_kwargs, event_ndims=event_ndims)
+    if solver.spec.linear_output is False:
+        raise ValueError(
+            f"The SPO+ loss needs ⟨y, θ⟩, so the solver's output must have the shape of its input; "
+            f"solver {solver.name!r} returns another shape."
+        )
+    if solver.spec.domain_min is not None:
+        raise ValueError(
+            f"The SPO+ loss solves the problem at 2θ̂ − θ, which leaves the domain of solver "
+            f"{solver.name!r} (inputs ≥ {solver.spec.domain_min}); received: solver={solver.name!r}. "
+            "Use the Fenchel-Young loss or the direct estimator there."
+        )
+    maximize = solver.maximize if maximize is None else bool(maximize)
+    theta_pred = validate.theta(theta_pred, solver.event_ndims, solver.name, name="theta_pred")
+    theta_true = tf.cast(validate.theta(theta_true, solver.event_ndims, solver.name, name="theta_true"),
+                         theta_pred.dtype)
+    if not theta_true.shape.is_compatible_with(theta_pred.shape):
+        raise ValueError(
+            f"Expected `theta_true` and `theta_pred` of one shape, received: theta_true.shape="
+            f"{theta_true.shape}, theta_pred.shape={theta_pred.shape}"
+        )
+    event = solver.event_ndims
+    theta_true = tf.stop_gradient(theta_true)
+    if y_true is not None:
+        y_true = tf.stop_gradient(tf.cast(tf.convert_to_tensor(y_true), theta_pred.dtype))
+        if not y_true.shape.is_compatible_with(theta_pred.shape):
+            raise ValueError(
+                f"Expected `y_true` of theta's shape, received: y_true.shape={y_true.shape}, "
+                f"theta_pred.shape={theta_pred.shape}"
+            )
+
+    @tf.custom_gradient
+    def loss(pred):
+        shifted = 2.0 * pred - theta_true  # 2θ̂ − θ
+        if y_true is None:  # one call for both: [2, ...]
+            both = solver(tf.stack([shifted, theta_true]))
+            registry.check_linear_solution(solver, shifted, both[0], "The SPO+ loss")
+            y_shifted, y_star = tf.unstack(tf.cast(both, pred.dtype))
+        else:
+            y_shifted, y_star = tf.cast(solver(shifted), pred.dtype), y_true
+            registry.check_linear_solution(solver, shifted, y_shifted, "The SPO+ loss")
+        # Maximising: ⟨2θ̂ − θ, y*(2θ̂ − θ)⟩ − ⟨2θ̂ − θ, y*(θ)⟩ (= the formula, regrouped);
+        # minimising (costs): the same with the signs of both terms reversed.
+        value = _inner(shifted, y_shifted - y_star, event)
+        sign = 1.0 if maximize else -1.0
+        gradient = 2.0 * sign * (y_shifted - y_star)
+
+        def grad(upstream):
+            return upstream[(...,) + (None,) * event] * gradient
+
+        return sign * value, grad
+
+    return loss(theta_pred)
