@@ -22,10 +22,10 @@ examples, reproducible in CI), without a deadline or an example database; the
 about 15 s of CPU time.
 """
 
-import heapq
 
 import numpy as np
 import pytest
+import references
 import scipy.optimize
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
@@ -172,25 +172,6 @@ def test_integer_inputs_are_cast_to_the_compute_dtype_in_training_and_inference(
 # Call inputs: structured solvers
 
 
-def _dijkstra(costs):
-    """Cheapest top-left → bottom-right path cost, vertex costs, 8 neighbours."""
-    h, w = costs.shape
-    best = np.full((h, w), np.inf)
-    best[0, 0] = costs[0, 0]
-    heap = [(costs[0, 0], 0, 0)]
-    while heap:
-        dist, i, j = heapq.heappop(heap)
-        if dist > best[i, j]:
-            continue
-        for di in (-1, 0, 1):
-            for dj in (-1, 0, 1):
-                a, b = i + di, j + dj
-                if (di or dj) and 0 <= a < h and 0 <= b < w and dist + costs[a, b] < best[a, b]:
-                    best[a, b] = dist + costs[a, b]
-                    heapq.heappush(heap, (best[a, b], a, b))
-    return best[-1, -1]
-
-
 def _assert_is_path(mask, costs):
     h, w = costs.shape
     assert set(np.unique(mask)) <= {0.0, 1.0}, mask
@@ -205,7 +186,7 @@ def _assert_is_path(mask, costs):
                     seen.add((i + di, j + dj))
                     stack.append((i + di, j + dj))
     assert (h - 1, w - 1) in seen, mask
-    optimum = _dijkstra(costs)
+    optimum = references.dijkstra(costs)
     assert abs((mask * costs).sum() - optimum) <= 1e-5 * max(1.0, abs(optimum)), (mask, costs)
 
 

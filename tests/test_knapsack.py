@@ -1,12 +1,12 @@
 """The 0-1 knapsack solver beyond the contract: thousands of random instances against brute force,
 its arguments, and the estimators on it (the contract line is in tests/test_solver_contract.py)."""
 
-import itertools
 import json
 
 import keras
 import numpy as np
 import pytest
+import references
 import tensorflow as tf
 
 import tf_perturbed as tp
@@ -14,9 +14,7 @@ import tf_perturbed as tp
 
 def _brute_force(values: np.ndarray, weights: tuple, capacity: int) -> np.ndarray:
     """Optimal values [N] over every feasible 0/1 selection, float64."""
-    chosen = np.array(list(itertools.product([0.0, 1.0], repeat=len(weights))))
-    chosen = chosen[chosen @ np.array(weights, float) <= capacity]
-    return np.max(values.astype(np.float64) @ chosen.T, axis=-1)
+    return np.max(values.astype(np.float64) @ references.selections(weights, capacity).T, axis=-1)
 
 
 @pytest.mark.parametrize("n", [1, 4, 9])

@@ -28,12 +28,11 @@ shapes) are in tests/test_shortest_path.py and tests/test_assignment.py.
 
 import dataclasses
 import functools
-import heapq
-import itertools
 from typing import Callable, Optional
 
 import numpy as np
 import pytest
+import references
 import scipy.ndimage
 import tensorflow as tf
 from scipy.optimize import linear_sum_assignment
@@ -75,16 +74,10 @@ def _one_hots(d: int) -> np.ndarray:
 
 
 def _k_hots(k: int) -> Callable[[int], np.ndarray]:
-    def vertices(d: int) -> np.ndarray:
-        return np.array([np.isin(np.arange(d), chosen) for chosen in itertools.combinations(range(d), k)], float)
-
-    return vertices
+    return lambda d: references.k_hots(d, k)
 
 
-@functools.cache
-def _permutations(n: int) -> np.ndarray:
-    """All permutations of 0, …, n−1: [n!, n]."""
-    return np.array(list(itertools.permutations(range(n))), dtype=np.int64).reshape(-1, n)
+_permutations = references.permutations
 
 
 def _rank_vectors(d: int) -> np.ndarray:
@@ -143,33 +136,9 @@ def _sorting_objective(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.einsum("nij,nj,i->n", y.astype(np.float64), x, np.arange(x.shape[-1], dtype=np.float64))
 
 
-MOVES = {
-    8: ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)),
-    4: ((-1, 0), (0, -1), (0, 1), (1, 0)),
-}
-
-
-def _dijkstra(grid: np.ndarray, neighbourhood: int) -> float:
-    """Cheapest (0, 0) → (H−1, W−1) path on vertex costs, both ends paid: textbook Dijkstra."""
-    h, w = grid.shape
-    best = np.full((h, w), np.inf)
-    best[0, 0] = grid[0, 0]
-    heap = [(grid[0, 0], 0, 0)]
-    while heap:
-        dist, i, j = heapq.heappop(heap)
-        if dist > best[i, j]:
-            continue
-        for di, dj in MOVES[neighbourhood]:
-            a, b = i + di, j + dj
-            if 0 <= a < h and 0 <= b < w and dist + grid[a, b] < best[a, b]:
-                best[a, b] = dist + grid[a, b]
-                heapq.heappush(heap, (best[a, b], a, b))
-    return best[-1, -1]
-
-
 def _path_optimum(neighbourhood: int) -> Callable[[np.ndarray], np.ndarray]:
     def optimum(x: np.ndarray) -> np.ndarray:
-        return np.array([_dijkstra(grid, neighbourhood) for grid in x.astype(np.float64)])
+        return np.array([references.dijkstra(grid, neighbourhood) for grid in x.astype(np.float64)])
 
     return optimum
 
@@ -266,8 +235,7 @@ ITEM_WEIGHTS, CAPACITY = (3, 1, 4, 1, 5, 2, 6), 9  # some items never fit togeth
 
 def _selections(d: int) -> np.ndarray:
     """Every 0/1 selection of the 7 items within the capacity: [V, 7]."""
-    chosen = np.array(list(itertools.product([0.0, 1.0], repeat=d)))
-    return chosen[chosen @ np.array(ITEM_WEIGHTS) <= CAPACITY]
+    return references.selections(ITEM_WEIGHTS[:d], CAPACITY)
 
 
 def _check_selection(y: np.ndarray, x: np.ndarray) -> None:

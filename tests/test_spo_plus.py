@@ -1,9 +1,8 @@
 """The SPO+ loss against its definition by brute force, and its subgradient against finite differences."""
 
-import itertools
-
 import numpy as np
 import pytest
+import references
 import tensorflow as tf
 
 import tf_perturbed as tp
@@ -17,13 +16,12 @@ def _vertices(name):
     if name == "argmax":
         return np.eye(D)
     if name == "top_k":
-        return np.array([np.isin(np.arange(D), c) for c in itertools.combinations(range(D), 2)], float)
+        return references.k_hots(D, 2)
     if name == "ranks":
-        return np.array(list(itertools.permutations(range(D))), float)
+        return references.permutations(D).astype(float)
     if name == "knapsack":
-        chosen = np.array(list(itertools.product([0.0, 1.0], repeat=D)))
-        return chosen[chosen @ np.array(WEIGHTS) <= CAPACITY]
-    return np.array([np.eye(3)[list(p)] for p in itertools.permutations(range(3))])  # assignment
+        return references.selections(WEIGHTS, CAPACITY)
+    return np.eye(3)[references.permutations(3)]  # assignment: permutation matrices
 
 
 CASES = {
