@@ -108,8 +108,8 @@ def fit(model, dataset, strategy, args, keras, tp) -> tuple:
     callbacks = []
     if args.strategy == "multi_worker":
         callbacks.append(keras.callbacks.BackupAndRestore(tp.distribute.worker_backup_dir(str(args.backup_dir))))
-    if args.pause:
-        callbacks.append(_Pause(keras, args.pause))
+    if args.pause:  # after the backup of the epoch: to watch a run, or to interrupt it
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: time.sleep(args.pause)))
     return model.fit(dataset, epochs=args.epochs, callbacks=callbacks, verbose=args.verbose).history, loss
 
 
@@ -152,17 +152,6 @@ def custom_loop(model, dataset, strategy, args, keras, tf, tp) -> tuple:
             progress.update(index + 1, [("loss", total / (index + 1))])
         history["loss"].append(total / steps)
     return history, loss
-
-
-class _Pause:
-    """A callback waiting `seconds` after each epoch (to watch a run, or to interrupt it)."""
-
-    def __new__(cls, keras, seconds):
-        class Pause(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                time.sleep(seconds)
-
-        return Pause()
 
 
 def train(args) -> dict:
