@@ -5,13 +5,9 @@ from typing import Optional
 import tensorflow as tf
 
 from tf_perturbed._src.base import validate
+from tf_perturbed._src.estimators.perturbed import engine
 from tf_perturbed._src.estimators.perturbed.api import SolverLike
 from tf_perturbed._src.solvers import registry
-
-
-def _inner(a: tf.Tensor, b: tf.Tensor, event_ndims: int) -> tf.Tensor:
-    """⟨a, b⟩ over the last `event_ndims` axes."""
-    return tf.reduce_sum(a * b, axis=list(range(-event_ndims, 0)))
 
 
 def spo_plus_loss(
@@ -62,11 +58,7 @@ def spo_plus_loss(
       Elmachtoub, Grigas (2022), Smart "Predict, then Optimize", Management Science 68(1).
     """
     solver = registry.get_solver(solver, solver_kwargs, event_ndims=event_ndims)
-    if solver.spec.linear_output is False:
-        raise ValueError(
-            f"The SPO+ loss needs ⟨y, θ⟩, so the solver's output must have the shape of its input; "
-            f"solver {solver.name!r} returns another shape."
-        )
+    registry.check_linear(solver, "The SPO+ loss")
     if solver.spec.domain_min is not None:
         raise ValueError(
             f"The SPO+ loss solves the problem at 2θ̂ − θ, which leaves the domain of solver "
@@ -104,12 +96,12 @@ def spo_plus_loss(
             registry.check_linear_solution(solver, shifted, y_shifted, "The SPO+ loss")
         # Maximising: ⟨2θ̂ − θ, y*(2θ̂ − θ)⟩ − ⟨2θ̂ − θ, y*(θ)⟩ (= the formula, regrouped);
         # minimising (costs): the same with the signs of both terms reversed.
-        value = _inner(shifted, y_shifted - y_star, event)
+        value = engine.inner(shifted, y_shifted - y_star, event)
         sign = 1.0 if maximize else -1.0
         gradient = 2.0 * sign * (y_shifted - y_star)
 
         def grad(upstream):
-            return upstream[(...,) + (None,) * event] * gradient
+            return engine.expand(upstream, event) * gradient
 
         return sign * value, grad
 

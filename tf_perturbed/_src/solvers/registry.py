@@ -157,6 +157,16 @@ def check_solution(solver: Solver, theta: tf.Tensor, y: tf.Tensor) -> int:
     return found
 
 
+def check_linear(solver: Solver, what: str) -> None:
+    """Raises unless the solver's output has its input's shape (⟨y, θ⟩ is defined), as far as declared."""
+    if solver.spec.linear_output is False:
+        raise ValueError(
+            f"{what} needs ⟨y, θ⟩, so the solver's output must have the shape of its "
+            f"input; solver {solver.name!r} returns another shape "
+            f"(output_ndims={solver.output_ndims}, event_ndims={solver.event_ndims})."
+        )
+
+
 def check_linear_solution(solver: Solver, theta: tf.Tensor, y: tf.Tensor, what: str) -> None:
     """Raises unless y has θ's shape, as ⟨y, θ⟩ needs (for callables, known only once traced)."""
     if not y.shape.is_compatible_with(theta.shape):

@@ -105,12 +105,7 @@ class PerturbationConfig:
 
     def check_linear(self, what: str) -> None:
         """Raises unless the solver's output has its input's shape (⟨y, θ⟩ is defined)."""
-        if self.solver.spec.linear_output is False:
-            raise ValueError(
-                f"{what} needs ⟨y, θ⟩, so the solver's output must have the shape of its "
-                f"input; solver {self.solver.name!r} returns another shape "
-                f"(output_ndims={self.solver.output_ndims}, event_ndims={self.solver.event_ndims})."
-            )
+        registry.check_linear(self.solver, what)
 
     def arguments(self) -> dict:
         """The constructor arguments that rebuild this config (for Keras `get_config`)."""
