@@ -45,3 +45,47 @@ def selections(weights, capacity: int) -> np.ndarray:
     """Every 0/1 selection of the items whose total weight is ≤ capacity: [V, n]."""
     chosen = np.array(list(itertools.product([0.0, 1.0], repeat=len(weights))))
     return chosen[chosen @ np.array(weights, float) <= capacity]
+
+
+def graph_distances(costs: np.ndarray, senders, receivers, source: int, target=None) -> np.ndarray:
+    """Cheapest source → target path costs on a directed graph, per cost vector of `costs` [N, E]:
+    [N] float64, or [N, V] to every vertex (inf: unreachable) when `target` is None.
+
+    `scipy.sparse.csgraph.shortest_path` (Dijkstra for costs ≥ 0, Bellman-Ford otherwise) on a
+    CSR matrix holding, for each (sender, receiver) pair, the cheapest of its parallel edges.
+    """
+    import scipy.sparse
+    from scipy.sparse.csgraph import shortest_path
+
+    senders, receivers = np.asarray(senders), np.asarray(receivers)
+    size = max(senders.max(), receivers.max(), source, -1 if target is None else target) + 1
+    pairs = senders * size + receivers
+    order = np.lexsort((np.arange(len(pairs)), pairs))
+    first = np.ones(len(pairs), bool)
+    first[1:] = pairs[order][1:] != pairs[order][:-1]  # the first edge of each pair in `order`
+    keep = order[first]
+    distances = []
+    for row in np.asarray(costs, np.float64):
+        cheapest = np.minimum.reduceat(row[order], np.flatnonzero(first))  # per pair, in pair order
+        graph = scipy.sparse.csr_matrix((cheapest, (senders[keep], receivers[keep])), shape=(size, size))
+        method = "D" if (row >= 0).all() else "BF"
+        distances.append(shortest_path(graph, method=method, indices=source))
+    distances = np.array(distances)  # [N, V]
+    return distances if target is None else distances[:, target]
+
+
+def is_simple_path(y: np.ndarray, senders, receivers, source: int, target: int) -> bool:
+    """Whether the 0/1 edge indicators y [E] mark exactly the edges of one simple source → target path."""
+    if not np.isin(y, [0.0, 1.0]).all():
+        return False
+    chosen = np.flatnonzero(y == 1)
+    senders, receivers = np.asarray(senders)[chosen], np.asarray(receivers)[chosen]
+    vertex = source
+    for _ in range(len(chosen)):  # walk the chosen edges out of the source, one per vertex
+        if vertex == target:
+            return False  # edges left over
+        out = np.flatnonzero(senders == vertex)
+        if len(out) != 1:
+            return False
+        vertex = receivers[out[0]]
+    return vertex == target

@@ -37,6 +37,8 @@ SOLVERS = {
     "assignment",
     "get_solver",
     "get_spec",
+    "graph_shortest_path",
+    "grid_graph_edges",
     "knapsack",
     "numpy_solver",
     "ranks",
@@ -62,7 +64,8 @@ def test_exported_names_are_pinned():
 
 def test_registered_solvers_and_noises():
     assert set(tp.solvers.registered_solvers()) >= {
-        "argmax", "top_k", "ranks", "sort_permutation", "shortest_path", "assignment", "knapsack"
+        "argmax", "top_k", "ranks", "sort_permutation", "shortest_path", "assignment", "knapsack",
+        "graph_shortest_path",
     }
     assert set(tp.noise.registered_noises()) >= {"normal", "gumbel"}
     assert not tp.solvers.get_solver("shortest_path").maximize

@@ -23,7 +23,8 @@ Every call solves `BATCH` problems of one fixed shape, so that each solver compi
 few programs (the structured solvers compile their loops with XLA even eagerly), and
 the `tf.function`s are built once per case. The structured solvers' deep checks
 (thousands of SciPy comparisons, simple paths on zero costs, large batches, dynamic
-shapes) are in tests/test_shortest_path.py and tests/test_assignment.py.
+shapes) are in tests/test_shortest_path.py, tests/test_assignment.py and
+tests/test_graph_shortest_path.py.
 """
 
 import dataclasses
@@ -246,6 +247,26 @@ def _check_selection(y: np.ndarray, x: np.ndarray) -> None:
 KNAPSACK = dataclasses.replace(
     _vector_problem(_selections, _inner, _check_selection, None), smallest=(len(ITEM_WEIGHTS),)
 )
+GRID_EDGES = tp.solvers.grid_graph_edges(5, 5)  # PyEPO's 5 × 5 grid: 40 edges right and down, 0 → 24
+
+
+def _check_graph_path(y: np.ndarray, x: np.ndarray) -> None:
+    for path in y:
+        assert references.is_simple_path(path, *GRID_EDGES, 0, 24), path
+
+
+GRAPH_PATH = Problem(
+    event=(40,),
+    smallest=(40,),
+    sample=_scores,  # the graph is acyclic: costs of any sign
+    objective=_inner,
+    optimum=lambda x: references.graph_distances(x, *GRID_EDGES, 0, 24),
+    check_vertex=_check_graph_path,
+    maximize=False,
+    # Distances are float32 sums of ≤ 8 edge costs, each within 8·2⁻²⁴·Σ|c| of the exact
+    # cost: the chosen path is within 2·8·2⁻²⁴·Σ|c| of the optimum.
+    rounding=2 * 8 * 2.0**-24,
+)
 
 
 # ---------------------------------------------------------------------------
@@ -305,6 +326,8 @@ CASES = [
     Case("assignment", get("assignment"), MATCHING, "scores", non_finite="raise", invalid=(NAN, INF, -INF)),
     Case("knapsack", get("knapsack", weights=ITEM_WEIGHTS, capacity=CAPACITY), KNAPSACK, "values", non_finite="raise",
          invalid=(NAN, INF, -INF)),
+    Case("graph_shortest_path", get("graph_shortest_path", senders=GRID_EDGES[0], receivers=GRID_EDGES[1], source=0,
+                                    target=24), GRAPH_PATH, "costs", non_finite="raise", invalid=(NAN, INF, -INF)),
     Case("numpy_argmax", tp.solvers.numpy_solver(_numpy_argmax), ARGMAX, lowest_index=True, xla=False),
     Case("scipy_assignment", tp.solvers.numpy_solver(_scipy_assignment, event_ndims=2), MATCHING, xla=False),
 ]  # fmt: skip

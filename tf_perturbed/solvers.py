@@ -10,6 +10,7 @@ the same input.
 
 from tf_perturbed._src.solvers.assignment import assignment
 from tf_perturbed._src.solvers.core import argmax, ranks, sort_permutation, top_k
+from tf_perturbed._src.solvers.graph import graph_shortest_path, grid_graph_edges
 from tf_perturbed._src.solvers.knapsack import knapsack
 from tf_perturbed._src.solvers.numpy_adapter import numpy_solver
 from tf_perturbed._src.solvers.registry import (
@@ -29,6 +30,8 @@ __all__ = [
     "assignment",
     "get_solver",
     "get_spec",
+    "graph_shortest_path",
+    "grid_graph_edges",
     "knapsack",
     "numpy_solver",
     "ranks",

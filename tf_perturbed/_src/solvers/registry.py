@@ -25,6 +25,10 @@ class SolverSpec:
 
     `output_ndims` is None only for an unregistered callable whose solution axes
     were not declared: they are then read off the first traced solution.
+
+    `domain` is None, or computes `domain_min` from the hyper-parameters (after
+    `check_params`) for a solver whose domain depends on them; the registration then
+    holds `domain_min=None` and each bound `Solver`'s spec holds its own value.
     """
 
     name: str
@@ -39,6 +43,7 @@ class SolverSpec:
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     perturbation: str = "additive"
     domain_min: Optional[float] = None
+    domain: Optional[Callable[[dict], Optional[float]]] = None
 
     @property
     def linear_output(self) -> Optional[bool]:
@@ -198,6 +203,7 @@ def register_solver(
     check_params: Optional[Callable[[dict], dict]] = None,
     perturbation: str = "additive",
     domain_min: Optional[float] = None,
+    domain: Optional[Callable[[dict], Optional[float]]] = None,
     overwrite: bool = False,
 ) -> SolverSpec:
     """Registers `fn` under `name` so that layers, losses and configs can use it.
@@ -224,6 +230,9 @@ def register_solver(
       domain_min: None, or the smallest input the solver accepts (0.0 for
         non-negative costs): additively perturbed inputs, and the loss-perturbed
         inputs of direct loss minimization, are clipped to it.
+      domain: instead of `domain_min`, for a solver whose domain depends on its
+        hyper-parameters: `domain(params) -> domain_min` (None or a number), called
+        with the checked hyper-parameters each time the solver is bound to them.
       overwrite: allow replacing an existing registration.
 
     Returns:
@@ -239,6 +248,13 @@ def register_solver(
         raise TypeError(f"Expected `fn` to be callable, received: fn={fn!r}")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"A solver named {name!r} is already registered; pass overwrite=True to replace it.")
+    if domain is not None and not callable(domain):
+        raise TypeError(f"Expected `domain` to be None or a callable params -> domain_min, received: domain={domain!r}")
+    if domain is not None and domain_min is not None:
+        raise ValueError(
+            "Expected either `domain_min` or `domain` (which computes it from the hyper-parameters), "
+            f"received both: domain_min={domain_min!r}, domain={domain!r}"
+        )
     event_ndims = validate.integer(event_ndims, "event_ndims")
     spec = SolverSpec(
         name=name,
@@ -253,6 +269,7 @@ def register_solver(
         defaults=dict(defaults or {}),
         perturbation=validate.choice(perturbation, "perturbation", PERTURBATIONS),
         domain_min=validate.optional_real(domain_min, "domain_min"),
+        domain=domain,
     )
     _REGISTRY[name] = spec
     return spec
@@ -289,6 +306,15 @@ def _check_declared_axes(spec: SolverSpec, event_ndims, output_ndims) -> None:
             )
 
 
+def _bind(spec: SolverSpec, params: dict) -> Solver:
+    """The registered `spec` bound to `params`: checked, and with its domain where it depends on them."""
+    if spec.check_params is not None:
+        params = dict(spec.check_params(params))
+    if spec.domain is not None:
+        spec = dataclasses.replace(spec, domain_min=validate.optional_real(spec.domain(params), "domain_min"))
+    return Solver(spec=spec, kwargs=params, registered=True)
+
+
 def get_solver(
     solver: Union[str, Solver, Callable[..., tf.Tensor]],
     solver_kwargs: Optional[Mapping[str, Any]] = None,
@@ -322,6 +348,8 @@ def get_solver(
     output_ndims = validate.optional_integer(output_ndims, "output_ndims", minimum=0)
     if isinstance(solver, Solver):
         _check_declared_axes(solver.spec, event_ndims, output_ndims)
+        if params and solver.spec.domain is not None:  # the domain follows the new hyper-parameters
+            return _bind(solver.spec, {**solver.kwargs, **params})
         if params:
             return dataclasses.replace(solver, kwargs={**solver.kwargs, **params})
         return solver
@@ -348,9 +376,7 @@ def get_solver(
                 f"Solver {solver!r} needs the hyper-parameters {missing}; pass them as "
                 f"keyword arguments (e.g. {missing[0]}=...), received: {params}"
             )
-        if spec.check_params is not None:
-            params = dict(spec.check_params(params))
-        return Solver(spec=spec, kwargs=params, registered=True)
+        return _bind(spec, params)
     if callable(solver):
         name = getattr(solver, "__name__", type(solver).__name__)
         spec = SolverSpec(
