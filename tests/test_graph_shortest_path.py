@@ -142,16 +142,17 @@ def test_ties_go_to_the_lowest_index_edge_where_distances_decide(acyclic):
 
 
 # Cyclic graphs worked by hand, of the SMALL size (solved in batches of PROBLEMS, the size the
-# random graphs compile for).
-# HANDMADE: parallel edges 0 → 1 (e0, e1), a diamond 1 → {2, 3} → 4 (e2-e5), a zero-cost cycle
-# 4 → 5 → 4 (e6, e7) and a zero-cost self-loop on 5 (e8).
-HANDMADE = ([0, 0, 1, 1, 2, 3, 4, 5, 5], [1, 1, 2, 3, 4, 4, 5, 4, 5])
-# ABSORBING: vertex 1 is reached at cost 1 by e0 in the first round, at 0.75 by e1, e2 in the
-# second, and e3 (cost 1e8) gives vertex 3 its float32 distance 1e8 in the second round from
+# random graphs compile for). Their zero-cost cycle edges come first, so that the lowest-index
+# edge attaining a distance would close a cycle: the depths must decide.
+# HANDMADE: a zero-cost cycle 5 → 4 → 5 (e0, e8) and a zero-cost self-loop on 5 (e1), parallel
+# edges 0 → 1 (e2, e3), a diamond 1 → {2, 3} → 4 (e4-e7).
+HANDMADE = ([5, 5, 0, 0, 1, 1, 2, 3, 4], [4, 5, 1, 1, 2, 3, 4, 4, 5])
+# ABSORBING: vertex 1 is reached at cost 1 by e3 in the first round, at 0.75 by e4, e5 in the
+# second, and e6 (cost 1e8) gives vertex 3 its float32 distance 1e8 in the second round from
 # either: the round at which each distance is first reached leaves vertex 3 no predecessor
-# reached before it. Around it, zero-cost edges: 3 → 4 → 3 (e4, e5), back to 1 (e6), a loop on 4
-# (e7), on to 5 (e8).
-ABSORBING = ([0, 0, 2, 1, 3, 4, 3, 4, 4], [1, 2, 1, 3, 4, 3, 1, 4, 5])
+# reached before it. Around it, zero-cost edges: 4 → 3 (e0), a loop on 4 (e1), 3 → 1 (e2),
+# 3 → 4 (e7), 4 → 5 (e8).
+ABSORBING = ([4, 4, 3, 0, 0, 2, 1, 3, 4], [3, 4, 1, 1, 2, 1, 3, 4, 5])
 
 
 def _solve_tiled(costs, edges, source, target) -> np.ndarray:
@@ -162,19 +163,21 @@ def _solve_tiled(costs, edges, source, target) -> np.ndarray:
 
 
 def test_ties_and_plateaus_by_hand():
-    unit, zero = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [0.0] * 9
-    # Unit costs: vertex 1's lowest-index edge attaining it is e0, vertex 4's is e4 (from 2);
-    # vertex 5 ties between e6 (from 4, depth 0: 4 has an edge from the closer vertex 2) and
-    # e8 (from 5 itself, depth 1): e6. All costs zero: every vertex is at distance 0 and the
-    # depths are the hops from the source, 0, 1, 2, 2, 3, 4: the same edges.
-    np.testing.assert_array_equal(_solve_tiled([unit, zero], HANDMADE, 0, 5), [[1, 0, 1, 0, 1, 0, 1, 0, 0]] * 2)
+    unit, zero = [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0], [0.0] * 9
+    # Unit costs: distances 0, 1, 2, 2, 3, 3. Vertex 4's edges attaining 3 are e0 (from 5, at the
+    # same distance), e6 (from 2) and e7: it is an exit (depth 0), 5 has depth 1, and e6 is the
+    # lowest-index edge that descends; vertex 5 takes e8 (e1 is its own loop), vertex 1 e2.
+    # All costs zero: the depths are the hops from the source, 0, 1, 2, 2, 3, 4: the same edges.
+    path = [0, 0, 1, 0, 1, 0, 1, 0, 1]
+    np.testing.assert_array_equal(_solve_tiled([unit, zero], HANDMADE, 0, 5), [path] * 2)
     # source == target: the empty path.
     np.testing.assert_array_equal(_solve_tiled([unit, zero], HANDMADE, 4, 4), np.zeros([2, 9]))
-    # ABSORBING: e1, e2, e3, e4 (3 is an exit, 4 at depth 1 by e4, not by e7), then e8. All costs
-    # zero: depths 0, 1, 1, 2, 3, 4 (1 by e0 only: 2 is not shallower) and e0, e3, e4, e8.
-    costs = [[1.0, 0.25, 0.5, 1e8, 0.0, 0.0, 0.0, 0.0, 0.0], zero]
+    # ABSORBING: 3 is an exit (e6 from the closer 1), so e0 (from 4 at depth 1) does not descend:
+    # e4, e5, e6, e7, e8. All costs zero: depths 0, 1, 1, 2, 3, 4; vertex 1 takes e3 (e2 and e5
+    # come from depths 2 and 1), vertex 3 e6: e3, e6, e7, e8.
+    costs = [[0.0, 0.0, 0.0, 1.0, 0.25, 0.5, 1e8, 0.0, 0.0], zero]
     np.testing.assert_array_equal(_solve_tiled(costs, ABSORBING, 0, 5),
-                                  [[0, 1, 1, 1, 1, 0, 0, 0, 1], [1, 0, 0, 1, 1, 0, 0, 0, 1]])
+                                  [[0, 0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 0, 0, 1, 1, 1]])
 
 
 def test_zero_and_absorbed_costs_give_simple_paths():
@@ -202,11 +205,12 @@ def test_float64_is_solved_in_float64():
 
 
 def test_cyclic_graph_in_every_mode_with_batch_axes_and_halves():
-    # Eager = tf.function = XLA bit for bit on a cyclic graph with plateaus; leading axes;
-    # a batch of 192 (solved in two halves) equals its problems solved 48 at a time.
+    # Eager = tf.function = XLA bit for bit on a cyclic graph with plateaus; leading axes; a batch
+    # of 1,920 × 70 costs (solved in two halves) equals its problems solved 48 at a time.
     rng = np.random.default_rng(5)
-    senders, receivers, source, target = _random_graph(rng, *SMALL, acyclic=False)
-    costs = np.concatenate([_costs(rng, SMALL[1], acyclic=False) for _ in range(4)])  # [192, E]
+    senders, receivers, source, target = _random_graph(rng, *LARGE, acyclic=False)
+    costs = np.concatenate([_costs(rng, LARGE[1], acyclic=False) for _ in range(40)])  # [1920, E]
+    assert costs.size >= graph_lib._SPLIT_COSTS
 
     def solve(c):
         return tp.solvers.graph_shortest_path(c, senders, receivers, source, target)
@@ -214,15 +218,15 @@ def test_cyclic_graph_in_every_mode_with_batch_axes_and_halves():
     eager = solve(tf.constant(costs)).numpy()
     for fn in (tf.function(solve), tf.function(solve, jit_compile=True)):
         np.testing.assert_array_equal(fn(tf.constant(costs)).numpy(), eager)
-    np.testing.assert_array_equal(np.concatenate([solve(tf.constant(part)).numpy() for part in np.split(costs, 4)]),
-                                  eager)
-    np.testing.assert_array_equal(solve(tf.constant(costs.reshape(4, 2, 24, -1))).numpy().reshape(eager.shape), eager)
-    _assert_shortest(eager, costs, senders, receivers, source, target)
+    parts = [solve(tf.constant(part)).numpy() for part in np.split(costs, 40)]
+    np.testing.assert_array_equal(np.concatenate(parts), eager)
+    np.testing.assert_array_equal(solve(tf.constant(costs.reshape(40, 2, 24, -1))).numpy().reshape(eager.shape), eager)
+    _assert_shortest(eager[:PROBLEMS], costs[:PROBLEMS], senders, receivers, source, target)
 
 
 def test_negative_costs_on_a_cyclic_graph_raise_and_give_nan_under_xla():
     costs = np.ones((PROBLEMS, 9), np.float32)
-    costs[1, 7] = -2.0  # the cycle 4 → 5 → 4 (e6, e7) costs 2 in the other problems, −1 in problem 1
+    costs[1, 0] = -2.0  # the cycle 4 → 5 → 4 (e8, e0) costs 2 in the other problems, −1 in problem 1
 
     def solve(c):
         return tp.solvers.graph_shortest_path(c, *HANDMADE, 0, 5)
@@ -232,7 +236,7 @@ def test_negative_costs_on_a_cyclic_graph_raise_and_give_nan_under_xla():
             fn(tf.constant(costs))
     y = tf.function(solve, jit_compile=True)(tf.constant(costs)).numpy()
     assert np.isnan(y[1]).all()
-    np.testing.assert_array_equal(np.delete(y, 1, 0), [[1, 0, 1, 0, 1, 0, 1, 0, 0]] * (PROBLEMS - 1))  # solved
+    np.testing.assert_array_equal(np.delete(y, 1, 0), [[0, 0, 1, 0, 1, 0, 1, 0, 1]] * (PROBLEMS - 1))  # solved
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -368,11 +372,11 @@ def test_perturbed_optimizer_clips_to_the_domain_of_a_cyclic_graph():
     kwargs = {"senders": HANDMADE[0], "receivers": HANDMADE[1], "source": 0, "target": 3}
     layer = tp.PerturbedOptimizer("graph_shortest_path", num_samples=24, sigma=1.0, seed=0, solver_kwargs=kwargs)
     y = layer(tf.fill([2, 9], 0.01), training=True).numpy()  # 24 samples × 2: PROBLEMS problems
-    # The only simple path 0 → 3: e0 or e1 (parallel), then e3.
-    np.testing.assert_allclose(y[:, 0] + y[:, 1], 1.0, rtol=1e-6)
-    np.testing.assert_array_equal(y[:, 3], 1.0)
-    np.testing.assert_array_equal(y[:, 2], 0.0)
-    assert 0.0 < y[:, 0].min() and y[:, 0].max() < 1.0  # the parallel edges share the samples
+    # The only simple path 0 → 3: e2 or e3 (parallel), then e5.
+    np.testing.assert_allclose(y[:, 2] + y[:, 3], 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(y[:, 5], 1.0)
+    np.testing.assert_array_equal(y[:, [0, 1, 4, 6, 7, 8]], 0.0)
+    assert 0.0 < y[:, 2].min() and y[:, 2].max() < 1.0  # the parallel edges share the samples
     # On the DAG nothing is clipped: every edge of the 3 × 3 grid is on some sample's path.
     dag = tp.PerturbedOptimizer("graph_shortest_path", num_samples=24, sigma=1.0, seed=0, solver_kwargs=GRID_KWARGS)
     y = dag(tf.zeros([2, 12]), training=True).numpy()

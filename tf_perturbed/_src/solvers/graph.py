@@ -29,7 +29,7 @@ its sender's distance, so depths are taken from the final distances instead.
 
 The solver is compiled with XLA even when called eagerly or from a `tf.function`
 without `jit_compile` (a nested `tf.function(jit_compile=True)`), as the other
-structured solvers are.
+structured solvers are; batches of many costs are solved in two halves, on two cores.
 """
 
 import collections
@@ -319,9 +319,11 @@ def _solve(costs, senders, receivers, source, target, num_vertices: int, acyclic
     return _backtrack(previous, senders, source, target, num_edges, costs.dtype)  # [B, E]
 
 
-# Batches of at least this many problems are solved in two halves, on two cores.
-_SPLIT_BATCH = 128
-_solve_batch = _halves.in_two_halves(_solve, _SPLIT_BATCH)
+# Batches of at least this many costs (problems × edges) are solved in two halves, which the
+# TensorFlow executor runs on two cores (one compiled call runs on one); below it, the second
+# call costs more than it saves (PyEPO's 5 × 5 grid, B = 512: 20,480 costs).
+_SPLIT_COSTS = 2**17
+_solve_in_halves = _halves.in_two_halves(_solve, 2)
 
 
 def graph_shortest_path(
@@ -420,7 +422,9 @@ def graph_shortest_path(
     # Invalid problems (reachable only under XLA, which drops the assertion) are solved
     # with zero costs, and their indicators become NaN.
     rows = tf.where(valid[:, None], rows, tf.zeros_like(rows))
-    path = _solve_batch(
+    batch = rows.shape[0]
+    solve = _solve_in_halves if batch is not None and batch * num_edges >= _SPLIT_COSTS else _solve
+    path = solve(
         tf.stop_gradient(rows),
         tf.constant(graph.senders, tf.int32),
         tf.constant(graph.receivers, tf.int32),
