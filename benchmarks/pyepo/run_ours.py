@@ -39,8 +39,6 @@ Results: one JSON line per run in `benchmarks/results/pyepo_ours.jsonl` (or
 `pyepo_ours_quick.jsonl`), the first line the machine; `--resume` skips the runs there.
 """
 
-import argparse
-import json
 import os
 import pathlib
 import sys
@@ -59,6 +57,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import common  # noqa: E402
 import data  # noqa: E402
+import runs  # noqa: E402
 
 METHODS = ("two_stage", "spo_plus", "blackbox", "perturbed", "fenchel_young", "imle")
 PEER_NAME = {  # run_pyepo.py's names
@@ -211,68 +210,25 @@ def hyper_parameters(method: str, problem: str, kind: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--problem", nargs="+", default=["sp"], choices=["sp", "ks"])
-    parser.add_argument("--deg", nargs="+", type=int, default=[1, 2, 4, 6])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser = runs.make_parser(__doc__.split("\n", 1)[0], METHODS, EPOCHS)
     parser.add_argument("--solver", default="graph", choices=["graph", "numpy"],
                         help="shortest path: the in-graph solver or the NumPy stand-in")
     parser.add_argument("--verbose", default=1, type=int, help="model.fit's verbose (1: progress bar)")
-    parser.add_argument("--quick", action="store_true", help="sp, degree 4, seed 0, 2 epochs")
-    parser.add_argument("--resume", action="store_true", help="keep the runs already in the results file")
-    parser.add_argument("--output", default=None, help="results file (default results/pyepo_ours[_quick].jsonl)")
-    args = parser.parse_args()
-    if args.quick:
-        args.problem, args.deg, args.seeds, args.epochs = ["sp"], [4], [0], 2
+    args = runs.apply_quick(parser.parse_args())
     if args.solver == "graph" and "graph_shortest_path" not in tp.solvers.registered_solvers():
         print("tf_perturbed has no 'graph_shortest_path' yet: using the NumPy stand-in (--solver numpy)")
         args.solver = "numpy"
 
-    name = "pyepo_ours_quick.jsonl" if args.quick else "pyepo_ours.jsonl"
-    output = pathlib.Path(args.output) if args.output else HERE.parent / "results" / name
-    output.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if args.resume and output.exists():
-        for line in output.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            if "method" in row:
-                done.add((row["problem"], row["deg"], row["seed"], row["method"]))
-    else:
+    def machine():
         facts = common.machine_info(["tensorflow", "keras", "numpy", "tf_perturbed"])
-        facts.update(command=common.command_line(), args=vars(args))
-        output.write_text(json.dumps({"meta": facts}) + "\n", encoding="utf-8")
-    for problem in args.problem:
-        for deg in args.deg:
-            for seed in args.seeds:
-                with np.load(data.load_or_make(problem, deg, seed)) as stored:
-                    stored = dict(stored)
-                for method in args.methods:
-                    if (problem, deg, seed, method) in done:
-                        continue
-                    start = time.perf_counter()
-                    result = run_method(method, problem, stored, seed, args.epochs, args.solver, args.verbose)
-                    row = {
-                        "side": "ours",
-                        "problem": problem,
-                        "deg": deg,
-                        "seed": seed,
-                        "method": method,
-                        "peer_method": PEER_NAME[method],
-                        "hyper": hyper_parameters(method, problem, args.solver),
-                        "wall_s": time.perf_counter() - start,
-                        **result,
-                    }
-                    with output.open("a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(row) + "\n")
-                    print(
-                        f"{problem} deg={deg} seed={seed} {method:13s} regret {result['regret'][-1]:.4f}  "
-                        f"{np.median(result['epoch_s']):.2f} s/epoch (first {result['epoch_s'][0]:.1f} s)  "
-                        f"({row['wall_s']:.0f} s in all)",
-                        flush=True,
-                    )
-    print(f"Results: {output}")
+        facts["command"] = common.command_line()
+        return facts
+
+    def run_one(method, problem, stored, seed):
+        result = run_method(method, problem, stored, seed, args.epochs, args.solver, args.verbose)
+        return {"peer_method": PEER_NAME[method], "hyper": hyper_parameters(method, problem, args.solver), **result}
+
+    runs.run_all(args, "ours", "pyepo_ours", machine, run_one)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,6 @@ Results: one JSON line per run in `benchmarks/results/pyepo_peer.jsonl`
 the runs already there and skips them.
 """
 
-import argparse
-import json
 import os
 import pathlib
 import subprocess
@@ -213,7 +211,7 @@ def run_method(method: str, problem: str, stored: dict, seed: int, epochs: int, 
     return {"epoch_s": epoch_s, "epoch_cpu_s": epoch_cpu_s, "loss": losses, "regret": regrets}
 
 
-def machine(args) -> dict:
+def machine() -> dict:
     import gurobipy
     import torch
 
@@ -221,75 +219,25 @@ def machine(args) -> dict:
     import common
 
     facts = common.machine_info(["pyepo", "torch", "gurobipy", "numpy", "sklearn"])
-    facts["gurobi"] = ".".join(map(str, gurobipy.gurobi.version()))
+    facts.update(command=common.command_line(), gurobi=".".join(map(str, gurobipy.gurobi.version())))
     facts["torch_threads"] = torch.get_num_threads()
-    facts["command"] = common.command_line()
-    facts["args"] = vars(args)
     return facts
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--problem", nargs="+", default=["sp"], choices=["sp", "ks"])
-    parser.add_argument("--deg", nargs="+", type=int, default=[1, 2, 4, 6])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--labels", default="ours", choices=["ours", "pyepo"])
-    parser.add_argument("--quick", action="store_true", help="sp, degree 4, seed 0, 2 epochs")
-    parser.add_argument("--resume", action="store_true", help="keep the runs already in the results file")
-    parser.add_argument("--output", default=None, help="results file (default results/pyepo_peer[_quick].jsonl)")
-    args = parser.parse_args()
-    if args.quick:
-        args.problem, args.deg, args.seeds, args.epochs = ["sp"], [4], [0], 2
-    ensure_interpreter()
-
-    import numpy as np
-
+    ensure_interpreter()  # before NumPy is imported: the interpreter may be a bare python3
     sys.path.insert(0, str(HERE))
-    import data
+    import runs
 
-    name = "pyepo_peer_quick.jsonl" if args.quick else "pyepo_peer.jsonl"
-    output = pathlib.Path(args.output) if args.output else HERE.parent / "results" / name
-    output.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if args.resume and output.exists():
-        for line in output.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            if "method" in row:
-                done.add((row["problem"], row["deg"], row["seed"], row["method"]))
-    else:
-        output.write_text(json.dumps({"meta": machine(args)}) + "\n", encoding="utf-8")
-    for problem in args.problem:
-        for deg in args.deg:
-            for seed in args.seeds:
-                with np.load(data.load_or_make(problem, deg, seed)) as stored:
-                    stored = dict(stored)
-                for method in args.methods:
-                    if (problem, deg, seed, method) in done:
-                        continue
-                    start = time.perf_counter()
-                    result = run_method(method, problem, stored, seed, args.epochs, args.labels)
-                    row = {
-                        "side": "pyepo",
-                        "problem": problem,
-                        "deg": deg,
-                        "seed": seed,
-                        "method": method,
-                        "labels": args.labels,
-                        "hyper": hyper_parameters(method, problem),
-                        "wall_s": time.perf_counter() - start,
-                        **result,
-                    }
-                    with output.open("a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(row) + "\n")
-                    per_epoch = f"{np.median(result['epoch_s']):.2f} s/epoch" if "epoch_s" in result else "closed form"
-                    print(
-                        f"{problem} deg={deg} seed={seed} {method:7s} regret {result['regret'][-1]:.4f}  "
-                        f"{per_epoch}  ({row['wall_s']:.0f} s in all)",
-                        flush=True,
-                    )
-    print(f"Results: {output}")
+    parser = runs.make_parser(__doc__.split("\n", 1)[0], METHODS, EPOCHS)
+    parser.add_argument("--labels", default="ours", choices=["ours", "pyepo"])
+    args = runs.apply_quick(parser.parse_args())
+
+    def run_one(method, problem, stored, seed):
+        result = run_method(method, problem, stored, seed, args.epochs, args.labels)
+        return {"labels": args.labels, "hyper": hyper_parameters(method, problem), **result}
+
+    runs.run_all(args, "pyepo", "pyepo_peer", machine, run_one)
 
 
 if __name__ == "__main__":
