@@ -6,12 +6,16 @@ What is timed, for each problem (a batch of B random instances):
   Shortest path: per grid, a CSR matrix of the vertex-cost graph (edge u → v weighs
   the cost of v; the sparsity structure is built once per shape), then
   `scipy.sparse.csgraph.dijkstra(…, indices=0, return_predecessors=True)` and the
-  walk back from the bottom-right vertex into a 0/1 mask. Assignment:
+  walk back from the bottom-right vertex into a 0/1 mask. Graph shortest path: the
+  same per cost vector on the edge list's CSR matrix (structure built once, data
+  permuted into it), `dijkstra(…, indices=source, return_predecessors=True)` and the
+  walk back from the target, each step looked up in a V × V table of edge indices, into
+  0/1 edge indicators. Assignment:
   `scipy.optimize.linear_sum_assignment(s, maximize=True)` per matrix, written into
   a permutation matrix. Knapsack: `scipy.optimize.milp` per instance (maximise ⟨v, y⟩,
   y ∈ {0, 1}ⁿ, ⟨w, y⟩ ≤ C; integer weights 3–7 and C = half their sum, as in PyEPO's
   generator), rounded to a 0/1 vector.
-- ours: `tf_perturbed.solvers.shortest_path` / `assignment` / `knapsack` on a tensor
+- ours: `tf_perturbed.solvers.shortest_path` / `graph_shortest_path` / `assignment` / `knapsack` on a tensor
   holding the batch, in a `tf.function` (graph mode) and a `tf.function(jit_compile=True)` (XLA),
   each call ending with `.numpy()`. The solvers compile their loops with XLA even
   in graph mode, so the two modes mostly differ by the ops around the loops.
@@ -42,7 +46,7 @@ import numpy as np  # noqa: E402
 import scipy.sparse  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp  # noqa: E402
-from scipy.sparse.csgraph import dijkstra  # noqa: E402
+from scipy.sparse.csgraph import breadth_first_order, dijkstra  # noqa: E402
 
 from tf_perturbed import solvers  # noqa: E402
 
@@ -51,11 +55,15 @@ import common  # noqa: E402
 
 KING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
-# (solver, size, batch): shortest paths on H × H grids, assignments of n × n matrices,
-# knapsacks of n items.
+# (solver, size, batch): shortest paths on H × H grids, shortest paths on graphs (size 5:
+# PyEPO's 5 × 5 grid DAG; otherwise a random directed graph of `size` vertices, see
+# `graph_instance`), assignments of n × n matrices, knapsacks of n items.
+PYEPO_GRID = 5
 PROBLEMS = [
     ("shortest_path", 12, 512),
     ("shortest_path", 30, 512),
+    ("graph_shortest_path", PYEPO_GRID, 512),
+    ("graph_shortest_path", 200, 512),
     ("assignment", 10, 512),
     ("assignment", 50, 256),
     ("assignment", 100, 64),
@@ -90,6 +98,44 @@ def scipy_shortest_paths(costs: np.ndarray) -> np.ndarray:
             mask[vertex] = 1.0
             vertex = previous[vertex]
     return masks
+
+
+def graph_instance(size: int) -> tuple:
+    """(senders, receivers, source, target) of the graph of a graph_shortest_path problem.
+
+    Size 5: PyEPO's 5 × 5 grid, 40 edges right and down from vertex 0 to vertex 24. Otherwise
+    `size` vertices and 5·size distinct edges drawn at random (no self-loops, cycles allowed),
+    from vertex 0 to the vertex it reaches last in breadth-first order.
+    """
+    if size == PYEPO_GRID:
+        senders, receivers = solvers.grid_graph_edges(size, size)
+        return senders, receivers, 0, size * size - 1
+    rng = np.random.default_rng(size)
+    pairs = rng.choice(size * (size - 1), 5 * size, replace=False)  # ordered pairs u ≠ v
+    senders, receivers = pairs // (size - 1), pairs % (size - 1)
+    receivers = receivers + (receivers >= senders)
+    adjacency = scipy.sparse.csr_matrix((np.ones(len(pairs)), (senders, receivers)), shape=(size, size))
+    target = breadth_first_order(adjacency, 0, directed=True, return_predecessors=False)[-1]
+    return tuple(senders.tolist()), tuple(receivers.tolist()), 0, int(target)
+
+
+def scipy_graph_paths(costs: np.ndarray, senders, receivers, source: int, target: int) -> np.ndarray:
+    """0/1 edge indicators `[B, E]` of shortest paths (distinct edges, costs ≥ 0), one Dijkstra per row."""
+    senders, receivers = np.asarray(senders), np.asarray(receivers)
+    size = max(senders.max(), receivers.max()) + 1
+    order = np.lexsort((receivers, senders))  # CSR order
+    indptr = np.searchsorted(senders[order], np.arange(size + 1))
+    edge = np.full((size, size), -1)
+    edge[senders, receivers] = np.arange(len(senders))
+    paths = np.zeros_like(costs)
+    for b in range(len(costs)):
+        graph = scipy.sparse.csr_matrix((costs[b][order], receivers[order], indptr), shape=(size, size))
+        _, previous = dijkstra(graph, indices=source, return_predecessors=True)
+        vertex = target
+        while vertex != source:
+            paths[b, edge[previous[vertex], vertex]] = 1.0
+            vertex = previous[vertex]
+    return paths
 
 
 def scipy_assignments(scores: np.ndarray) -> np.ndarray:
@@ -145,6 +191,13 @@ def make_problem(solver: str, size: int, batch: int):
             rng.uniform(0.1, 10.0, (batch, size, size)).astype(np.float32),
             scipy_shortest_paths,
             solvers.shortest_path,
+        )
+    if solver == "graph_shortest_path":
+        graph = graph_instance(size)  # positive edge costs, for SciPy's Dijkstra
+        return (
+            rng.uniform(0.1, 10.0, (batch, len(graph[0]))).astype(np.float32),
+            lambda costs: scipy_graph_paths(costs, *graph),
+            lambda costs: solvers.graph_shortest_path(costs, *graph),
         )
     if solver == "knapsack":
         weights, capacity = knapsack_instance(size)
@@ -240,6 +293,11 @@ def report(payload: dict, info: dict, command: str) -> str:
         t = item["times"]
         if item["solver"] == "shortest_path":
             size = f"{item['size']} × {item['size']}"
+        elif item["solver"] == "graph_shortest_path":
+            senders, _, _, _ = graph_instance(item["size"])
+            kind = "PyEPO grid" if item["size"] == PYEPO_GRID else "random"
+            vertices = item["size"] ** 2 if item["size"] == PYEPO_GRID else item["size"]
+            size = f"{kind}, V = {vertices}, E = {len(senders)}"
         elif item["solver"] == "knapsack":
             size = f"n = {item['size']}, C = {knapsack_instance(item['size'])[1]}"
         else:

@@ -119,13 +119,15 @@ def test_perturbed_ops_textbook_equals_ours(op):
 
 def test_solvers_problems_are_all_checked_here():
     bench = _load("solvers")
-    assert {solver for solver, _, _ in bench.PROBLEMS} == {"shortest_path", "assignment", "knapsack"}
+    assert {solver for solver, _, _ in bench.PROBLEMS} == {"shortest_path", "graph_shortest_path", "assignment",
+                                                           "knapsack"}
 
 
-@pytest.mark.parametrize("solver", ["shortest_path", "assignment", "knapsack"])
+@pytest.mark.parametrize("solver", ["shortest_path", "graph_shortest_path", "assignment", "knapsack"])
 def test_solvers_optimal_values_equal_scipy(solver):
     bench = _load("solvers")
-    size = min(size for name, size, _ in bench.PROBLEMS if name == solver)  # 12 × 12 grids, n = 10, 32 items
+    # 12 × 12 grids, PyEPO's 5 × 5 grid DAG, n = 10, 32 items
+    size = min(size for name, size, _ in bench.PROBLEMS if name == solver)
     inputs, reference, ours = bench.make_problem(solver, size, 4)
     bench.check_against_scipy(solver, inputs, reference, bench.compiled(ours))
 
