@@ -15,6 +15,7 @@ so that all its graphs share one compiled program.
 """
 
 import doctest
+import json
 
 import keras
 import numpy as np
@@ -399,3 +400,6 @@ def test_fenchel_young_loss_trains_on_the_grid_with_xla():
     assert history[-1] < 0.5 * history[0], history
     predicted = tp.solvers.graph_shortest_path(model.predict(x[:48], verbose=0), *GRID, 0, 8).numpy()
     assert np.mean(np.all(predicted == y[:48], -1)) > 0.5  # whole paths right (chance: 1 in 6)
+    config = json.loads(json.dumps(loss.get_config()))  # the graph is plain JSON in a config
+    assert config["solver_kwargs"] == {**GRID_KWARGS, "num_vertices": None}
+    assert tp.FenchelYoungLoss.from_config(config).get_config() == loss.get_config()

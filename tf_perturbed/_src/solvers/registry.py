@@ -239,8 +239,9 @@ def register_solver(
       The registered `SolverSpec`.
 
     Raises:
-      ValueError: if `name` is taken and `overwrite` is False, or for a bad argument.
-      TypeError: if `fn` is not callable or `name` not a string.
+      ValueError: if `name` is taken and `overwrite` is False, or for a bad argument
+        (`domain` together with `domain_min` too).
+      TypeError: if `fn` or `domain` is not callable, or `name` not a string.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"Expected `name` to be a non-empty string, received: name={name!r}")
