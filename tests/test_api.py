@@ -10,6 +10,7 @@ import tf_perturbed as tp
 PUBLIC = {
     "DirectLossGradient",
     "FenchelYoungLoss",
+    "ImplicitMLE",
     "LearnedNoiseScale",
     "PerturbedArgmax",
     "PerturbedMatching",
@@ -17,11 +18,13 @@ PUBLIC = {
     "PerturbedRanks",
     "PerturbedShortestPath",
     "PerturbedTopK",
+    "SPOPlusLoss",
     "__version__",
     "direct_categorical_gradient",
     "direct_loss_gradient",
     "distribute",
     "fenchel_young_loss",
+    "implicit_mle",
     "noise",
     "perturbed",
     "perturbed_max",
@@ -49,6 +52,21 @@ SOLVERS = {
     "top_k",
 }
 
+NOISE = {
+    "Gumbel",
+    "Logistic",
+    "Noise",
+    "Normal",
+    "SumOfGamma",
+    "ZeroMeanGumbel",
+    "get_noise",
+    "register_noise",
+    "registered_noises",
+    "stateless_gamma",
+    "uniform_from_bits",
+    "uniform_open",
+}
+
 DISTRIBUTE = {"TESTED_KERAS", "is_patched", "patch_keras_fit", "unpatch_keras_fit", "worker_backup_dir"}
 
 
@@ -56,6 +74,7 @@ def test_exported_names_are_pinned():
     assert set(tp.__all__) == PUBLIC
     assert set(tp.solvers.__all__) == SOLVERS
     assert set(tp.distribute.__all__) == DISTRIBUTE
+    assert set(tp.noise.__all__) == NOISE
     for name in tp.__all__:
         assert hasattr(tp, name), name
     for name in tp.solvers.__all__:

@@ -112,6 +112,15 @@ def direct_op(layer, x, seed, features=None):
     return tf.cast(tp.direct_loss_gradient(**arguments)(theta + sigma * gamma), x.dtype)
 
 
+def imle_op(layer, x, seed, features=None):
+    return tp.implicit_mle(**layer.config.arguments())(x, seed=seed)
+
+
+def spo_plus_op(loss, x, seed, features=None, y=None):
+    """The SPO+ op (no seed: the loss draws no noise)."""
+    return tp.spo_plus_loss(y, x, loss.solver, maximize=loss.maximize, clip_to_domain=loss.clip_to_domain)
+
+
 def learned_noise_op(layer, x, seed, features):
     """θ + σ(x)·γ, σ = softplus(flatten(x)·W + b) + σ_min (the built-in head; h in the compute dtype, as a Dense)."""
     config = layer.get_config()
@@ -141,6 +150,8 @@ class Case:
       then: None, or () -> a layer after it in the model (the targets are that layer's solver's).
       rules: validity rules of constructor arguments that differ from `RULES`.
       xla: whether `model.fit` compiles it with XLA (every built-in does).
+      seeded: whether it draws noise (has a seed); the SPO+ loss does not.
+      targets: a loss's `y_true`: "solutions" (of the true scores) or "costs" (the true scores).
     """
 
     name: str
@@ -151,6 +162,15 @@ class Case:
     then: Optional[Callable] = None
     rules: dict = dataclasses.field(default_factory=dict)
     xla: bool = True
+    seeded: bool = True
+    targets: str = "solutions"
+
+
+NOISES = ("normal", "gumbel", "zero_mean_gumbel", "logistic")  # the registered noises with a density
+
+
+def _drawn_noise(v):  # the estimators that only draw noise take one without a density too
+    return v in NOISES + ("sum_of_gamma",)
 
 
 def _nonnegative_real(v):
@@ -165,12 +185,18 @@ CASES = [
     Case("shortest_path", lambda s: tp.PerturbedShortestPath(**SMALL, seed=s), "grid", perturbed_op),
     Case("matching", lambda s: tp.PerturbedMatching(**SMALL, seed=s), "mat", perturbed_op),
     Case("direct", lambda s: tp.DirectLossGradient("top_k", epsilon=-1.5, sigma=0.5, seed=s, solver_kwargs={"k": 2}),
-         "vec", direct_op, rules={"sigma": _nonnegative_real}),  # σ = 0: no noise, the default
+         "vec", direct_op, rules={"sigma": _nonnegative_real, "noise": _drawn_noise}),  # σ = 0: no noise, the default
+    Case("imle", lambda s: tp.ImplicitMLE("top_k", lambda_=1.5, num_samples=3, sigma=0.5, normalize="max_abs",
+                                          seed=s, solver_kwargs={"k": 2}),
+         "vec", imle_op, rules={"sigma": _nonnegative_real, "noise": _drawn_noise}),
     Case("noise_scale", lambda s: tp.LearnedNoiseScale(initial_sigma=0.5, seed=s), "vec", learned_noise_op,
-         features=True, then=lambda: tp.DirectLossGradient("argmax", epsilon=-0.5)),
+         features=True, then=lambda: tp.DirectLossGradient("argmax", epsilon=-0.5), rules={"noise": _drawn_noise}),
     Case("fenchel_young", lambda s: tp.FenchelYoungLoss("argmax", **SMALL, seed=s), "vec", fenchel_young_op),
     Case("fenchel_young_path", lambda s: tp.FenchelYoungLoss("shortest_path", **SMALL, seed=s), "grid",
          fenchel_young_op),
+    Case("spo_plus", lambda s: tp.SPOPlusLoss("top_k", k=2), "vec", spo_plus_op, seeded=False, targets="costs"),
+    Case("spo_plus_path", lambda s: tp.SPOPlusLoss("shortest_path", clip_to_domain=True), "grid", spo_plus_op,
+         seeded=False, targets="costs"),
 ]
 
 
@@ -276,7 +302,8 @@ def unit(case, seed=SEED, **changes):
         obj = rebuild(obj, **changes)
     x = problem_inputs(case.problem)
     if is_loss(obj):
-        return obj, x, obj.solver(problem_inputs(case.problem, seed=1))
+        truth = problem_inputs(case.problem, seed=1)
+        return obj, x, truth if case.targets == "costs" else obj.solver(truth)
     call(case, obj, x, training=False)
     rng = np.random.default_rng(seed)
     for weight in obj.trainable_weights:
@@ -367,7 +394,7 @@ def model_data(objects, n, seed=0):
         if case.name in objects:
             obj = objects[case.name]
             solver = obj.solver if is_loss(obj) else (obj[1] or obj[0]).solver
-            y[case.name] = solver(tf.constant(truth[case.problem])).numpy()
+            y[case.name] = truth[case.problem] if case.targets == "costs" else solver(tf.constant(truth[case.problem])).numpy()
     return x, y
 
 
@@ -387,7 +414,8 @@ def _fit(policy, jit_compile, cases):
     states = {}
     for name, obj in objects.items():
         owner = obj if is_loss(obj) else obj[0]
-        states[name] = [owner.seed, owner.seed_generator.state.numpy().tolist()]
+        if hasattr(owner, "seed_generator"):
+            states[name] = [owner.seed, owner.seed_generator.state.numpy().tolist()]
     return {
         "history": {key: [float(v) for v in values] for key, values in history.items()},
         "dtypes": {name: out.dtype.name for name, out in outputs.items()},
@@ -565,6 +593,10 @@ def test_training_output_is_the_op_called_with_the_objects_seed(case):
         shape = (None, *x.shape[1:])
         assert got.shape == (x.shape[0], *obj.compute_output_shape([shape, shape] if case.features else shape)[1:])
     assert np.any(got_grad.numpy() != 0)  # a gradient flows
+    if not case.seeded:  # no noise: every call is the same
+        assert not hasattr(obj, "seed_generator") and "seed" not in obj.get_config()
+        assert np.array_equal(calls[0], calls[1]) and np.array_equal(calls[1], calls[2])
+        return
     assert not np.array_equal(calls[0], calls[1]) and not np.array_equal(calls[1], calls[2])  # new noise per call
     twin, _, _ = unit(case)
     np.testing.assert_array_equal(call(case, twin, x, training=True, y=y).numpy(), calls[0])  # same seed
@@ -658,7 +690,7 @@ def test_mixed_precision_is_the_float32_computation_cast(case, policy, jit):
 def test_mixed_precision_sums_samples_in_float32(case, policy):
     compute, _ = POLICIES[policy]
     changes = dict(num_samples=4097, sigma=1e-3)
-    if case.make(0).get_config()["chunk_size"] is not None:
+    if case.make(0).get_config().get("chunk_size") is not None:
         changes["chunk_size"] = 1024  # and the sums carried from chunk to chunk (5 chunks of 820)
     with dtype_policy(policy):
         obj = rebuild(case.make(SEED), **changes)
@@ -683,7 +715,10 @@ def _perturbation(loss, theta, seed):
     return theta.numpy().astype(np.float64) * np.expm1(sigma * z - shift)
 
 
-@pytest.mark.parametrize("case", LOSSES, ids=_ids(LOSSES))
+FENCHEL_YOUNG = [case for case in LOSSES if isinstance(case.make(0), tp.FenchelYoungLoss)]
+
+
+@pytest.mark.parametrize("case", FENCHEL_YOUNG, ids=_ids(FENCHEL_YOUNG))
 def test_loss_is_the_op_and_above_its_closed_lower_bound(case):
     # L = F̂ − ⟨θ, y⟩, F̂ = (1/M) Σ_m ⟨y*(θ'_m), θ'_m⟩ ≥ (1/M) Σ_m ⟨y, θ'_m⟩ for every y in
     # the polytope, so L ≥ ⟨y, mean_m (θ'_m − θ)⟩ (a minimising solver on costs c:
@@ -727,7 +762,8 @@ def _positive_real(v):
 RULES = {  # what each argument must be: decided here, never by the code under test
     "num_samples": _positive_int,
     "sigma": _positive_real,
-    "noise": lambda v: v in ("normal", "gumbel"),
+    "noise": lambda v: v in NOISES,
+    "lambda_": _positive_real,
     "perturbation": lambda v: v is None or v in ("additive", "multiplicative"),
     "control_variate": lambda v: v is None or type(v) is bool or v in ("hard", "leave_one_out"),
     "inference": lambda v: v in ("hard", "perturbed"),
@@ -740,11 +776,13 @@ BAD = [
     ("sigma", "big", TypeError), ("noise", "cauchy", ValueError), ("noise", 3, TypeError),
     ("perturbation", "both", ValueError), ("control_variate", "mean", ValueError), ("inference", "soft", ValueError),
     ("seed", -1, ValueError), ("seed", 1.5, ValueError), ("seed", 2**63, ValueError), ("chunk_size", 0, ValueError),
-    ("solver", "simplex", ValueError), ("solver", 3, TypeError),
+    ("solver", "simplex", ValueError), ("solver", 3, TypeError), ("lambda_", 0.0, ValueError),
+    ("noise", "sum_of_gamma", ValueError),
 ]
 BAD_CASES = [
     pytest.param(case, name, value, error, id=f"{case.name}-{name}={value!r}")
-    for case in CASES for name, value, error in BAD if name in case.make(0).get_config()
+    for case in CASES for name, value, error in BAD
+    if name in case.make(0).get_config() and not {**RULES, **case.rules}.get(name, lambda v: False)(value)
 ]
 
 
@@ -758,7 +796,8 @@ ANY_JUNK = st.one_of(st.none(), st.booleans(), st.text(max_size=2), st.floats(al
 STRATEGIES = {
     "num_samples": st.one_of(st.integers(-2, 6), ANY_JUNK),
     "sigma": st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 3), ANY_JUNK),
-    "noise": st.sampled_from(["normal", "gumbel", "cauchy", "", 3, None]),
+    "noise": st.sampled_from(["normal", "gumbel", "logistic", "sum_of_gamma", "cauchy", "", 3, None]),
+    "lambda_": st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 3), ANY_JUNK),
     "perturbation": st.sampled_from(["additive", "multiplicative", "log", None, 1]),
     "control_variate": st.sampled_from([True, False, None, "hard", "leave_one_out", "mean", 0]),
     "inference": st.sampled_from(["hard", "perturbed", "soft", None]),
@@ -812,8 +851,9 @@ def test_fit_lowers_the_loss_and_draws_one_seed_per_step(case, fits):
     result = fits["xla" if case.xla else "no_xla"]
     losses = result["history"][f"{case.name}_loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-    seed, state = result["states"][case.name]
-    assert state == [seed, EPOCHS * SIZE // BATCH]  # a generator seeded s is at [s, k] after k draws
+    if case.seeded:
+        seed, state = result["states"][case.name]
+        assert state == [seed, EPOCHS * SIZE // BATCH]  # a generator seeded s is at [s, k] after k draws
 
 
 # ---------------------------------------------------------------------------------------

@@ -131,3 +131,75 @@ def test_bad_solvers_and_shapes_are_named():
         tp.spo_plus_loss(tf.ones([2, 3]), tf.ones([2, 3]), "argmax", y_true=tf.ones([2, 4]))
     with pytest.raises(TypeError, match="theta_pred"):
         tp.spo_plus_loss(tf.ones([2, 3]), tf.ones([2, 3], tf.int32), "argmax")
+
+
+def test_clip_to_domain_on_grid_paths_is_spo_plus_inside_the_domain_and_its_stated_surrogate_outside():
+    # Inside the domain (2ĉ − c ≥ 0) the value is the definition, with min_w ⟨s, w⟩ and
+    # ⟨c, w*(c)⟩ the textbook Dijkstra's path costs; outside, the value is
+    # ⟨2ĉ − c, w*(c) − w*(s')⟩ and the gradient 2(w*(c) − w*(s')), s' = max(2ĉ − c, 0).
+    rng = np.random.default_rng(4)
+    costs = rng.uniform(0.5, 2.0, size=(12, 5, 5))
+    inside = costs * rng.uniform(0.6, 1.5, size=costs.shape)  # 2ĉ − c ≥ 0.2c > 0
+    outside = costs * rng.uniform(0.0, 1.5, size=costs.shape)
+    assert np.all(2 * inside - costs > 0) and np.any(2 * outside - costs < 0)
+    path = tp.solvers.shortest_path
+    got = tp.spo_plus_loss(tf.constant(costs), tf.constant(inside), "shortest_path", clip_to_domain=True).numpy()
+    star = path(tf.constant(costs)).numpy()
+    definition = [
+        -references.dijkstra(2 * p - c) + 2 * (p * w).sum() - references.dijkstra(c)
+        for p, c, w in zip(inside, costs, star)
+    ]
+    np.testing.assert_allclose((costs * star).sum((1, 2)), [references.dijkstra(c) for c in costs], rtol=1e-12)
+    np.testing.assert_allclose(got, definition, rtol=1e-12, atol=1e-12)
+    assert np.all(got >= -1e-12) and np.any(got > 0.1)
+    predicted = tf.constant(outside)
+    with tf.GradientTape() as tape:
+        tape.watch(predicted)
+        value = tp.spo_plus_loss(tf.constant(costs), predicted, "shortest_path", clip_to_domain=True)
+    clipped = path(tf.constant(np.maximum(2 * outside - costs, 0.0))).numpy()
+    np.testing.assert_allclose(value.numpy(), ((2 * outside - costs) * (star - clipped)).sum((1, 2)), rtol=1e-12)
+    np.testing.assert_array_equal(tape.gradient(value, predicted).numpy(), 2 * (star - clipped))
+
+
+def test_keras_loss_is_the_op_reduced_and_round_trips():
+    rng = np.random.default_rng(5)
+    kwargs = CASES["knapsack"][0]
+    theta, theta_hat = rng.normal(size=(8, D)), rng.normal(size=(8, D))
+    loss = tp.SPOPlusLoss("knapsack", solver_kwargs=kwargs)
+    per_example = tp.spo_plus_loss(tf.constant(theta), tf.constant(theta_hat), "knapsack", solver_kwargs=kwargs)
+    np.testing.assert_allclose(float(loss(theta, theta_hat)), np.mean(per_example.numpy()), rtol=1e-6)
+    summed = tp.SPOPlusLoss("knapsack", reduction="sum", **kwargs)  # keyword hyper-parameters join solver_kwargs
+    np.testing.assert_allclose(float(summed(theta, theta_hat)), np.sum(per_example.numpy()), rtol=1e-6)
+    config = summed.get_config()
+    assert config["solver_kwargs"] == {"weights": WEIGHTS, "capacity": CAPACITY} and "seed" not in config
+    assert tp.SPOPlusLoss.from_config(config).get_config() == config
+    with pytest.raises(ValueError, match="clip_to_domain=False"):
+        tp.SPOPlusLoss("shortest_path")
+    with pytest.raises(TypeError, match="clip_to_domain='yes'"):
+        tp.SPOPlusLoss("shortest_path", clip_to_domain="yes")
+
+
+def test_spo_plus_trains_a_linear_model_to_lower_regret():
+    # End to end: costs linear in features; a linear model fitted with SPO+ in model.fit
+    # (XLA) lowers the test regret of its decisions (knapsack, true values known).
+    import keras
+
+    rng = np.random.default_rng(6)
+    kwargs = CASES["knapsack"][0]
+    w = rng.normal(size=(4, D))
+    x = rng.normal(size=(512, 4)).astype("float32")
+    values = (x @ w).astype("float32")
+    solve = tp.solvers.get_solver("knapsack", kwargs)
+
+    def regret(model):
+        chosen = solve(tf.constant(model.predict(x, verbose=0))).numpy()
+        best = solve(tf.constant(values)).numpy()
+        return float(((best - chosen) * values).sum(1).mean())
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(D)])
+    model.compile(keras.optimizers.Adam(0.05), tp.SPOPlusLoss("knapsack", solver_kwargs=kwargs), jit_compile=True)
+    before = regret(model)
+    model.fit(x, values, epochs=8, batch_size=64, verbose=0)
+    after = regret(model)
+    assert after < 0.25 * before, (before, after)

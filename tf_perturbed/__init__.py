@@ -8,9 +8,11 @@ losses that train with `model.fit`, compile with XLA and export to SavedModel.
 from tf_perturbed import distribute, noise, seeds, solvers
 from tf_perturbed._src.estimators.direct import direct_categorical_gradient, direct_loss_gradient
 from tf_perturbed._src.estimators.fenchel_young import fenchel_young_loss
+from tf_perturbed._src.estimators.imle import implicit_mle
 from tf_perturbed._src.estimators.perturbed.api import perturbed, perturbed_max
 from tf_perturbed._src.estimators.spo_plus import spo_plus_loss
 from tf_perturbed._src.layers.direct import DirectLossGradient
+from tf_perturbed._src.layers.imle import ImplicitMLE
 from tf_perturbed._src.layers.noise_scale import LearnedNoiseScale
 from tf_perturbed._src.layers.perturbed import (
     PerturbedArgmax,
@@ -19,7 +21,7 @@ from tf_perturbed._src.layers.perturbed import (
     PerturbedTopK,
 )
 from tf_perturbed._src.layers.structured import PerturbedMatching, PerturbedShortestPath
-from tf_perturbed._src.losses import FenchelYoungLoss
+from tf_perturbed._src.losses import FenchelYoungLoss, SPOPlusLoss
 from tf_perturbed._src.solvers import builtin as _builtin  # noqa: F401  (registers the solvers)
 
 __version__ = "0.1.0"
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DirectLossGradient",
     "FenchelYoungLoss",
+    "ImplicitMLE",
     "LearnedNoiseScale",
     "PerturbedArgmax",
     "PerturbedMatching",
@@ -34,11 +37,13 @@ __all__ = [
     "PerturbedRanks",
     "PerturbedShortestPath",
     "PerturbedTopK",
+    "SPOPlusLoss",
     "__version__",
     "direct_categorical_gradient",
     "direct_loss_gradient",
     "distribute",
     "fenchel_young_loss",
+    "implicit_mle",
     "noise",
     "perturbed",
     "perturbed_max",

@@ -1,11 +1,11 @@
-"""Keras losses: the Fenchel-Young loss bound to a solver, its noise and a seed."""
+"""Keras losses: the Fenchel-Young loss (a solver, its noise and a seed) and the SPO+ loss (a solver)."""
 
 from typing import Optional, Union
 
 import keras
 
 from tf_perturbed._src.base import seeds, validate
-from tf_perturbed._src.estimators import fenchel_young
+from tf_perturbed._src.estimators import fenchel_young, spo_plus
 from tf_perturbed._src.estimators.perturbed import config as config_lib
 from tf_perturbed._src.solvers import registry
 
@@ -110,4 +110,73 @@ class FenchelYoungLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update(self._config.arguments(), seed=self.seed, maximize=self.maximize)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tf_perturbed")
+class SPOPlusLoss(keras.losses.Loss):
+    """SPO+ loss of a solver, `y_true` being the true costs (or scores) and `y_pred` predicted ones.
+
+    Formula (minimising costs c, ĉ the prediction, w*(c) the solution):
+      ℓ(ĉ, c) = −min_w ⟨2ĉ − c, w⟩ + 2⟨ĉ, w*(c)⟩ − ⟨c, w*(c)⟩ ≥ 0,  ∂ĉ ℓ ∋ 2(w*(c) − w*(2ĉ − c))
+      maximising scores: the same on θ = −c (see `tf_perturbed.spo_plus_loss`)
+
+    A convex upper bound of the decision regret ⟨c, w*(ĉ)⟩ − ⟨c, w*(c)⟩ that needs the
+    true costs, not only the true solutions. It draws no noise (no seed) and calls
+    the solver once per batch on the 2B problems [2ĉ − c; c].
+
+    Args:
+      solver: a registered name: `"argmax"`, `"top_k"` (with `k=`), `"ranks"`,
+        `"knapsack"`, `"graph_shortest_path"`, … (or a callable, which cannot be saved).
+      maximize: whether the solver maximises ⟨y, θ⟩ (scores) or minimises (costs);
+        None follows the solver's registration.
+      clip_to_domain: for a solver with a domain (`"shortest_path"`: costs ≥ 0),
+        solve max(2ĉ − c, 0): a surrogate equal to SPO+ where 2ĉ − c ≥ 0 (see
+        `tf_perturbed.spo_plus_loss`). Default False: such a solver raises.
+      solver_kwargs: the solver's hyper-parameters; keyword arguments not listed
+        here (such as `k=3`) are added to them.
+      event_ndims: the problem's axes of a callable solver.
+      reduction, name, dtype: as for every Keras loss.
+
+    Example:
+      >>> loss = SPOPlusLoss("argmax")
+      >>> float(loss(tf.constant([[1.0, 2.0, 0.5]]), tf.constant([[2.0, 1.0, 0.5]])))
+      3.0
+
+    References:
+      Elmachtoub, Grigas (2022), Smart "Predict, then Optimize", Management Science 68(1).
+    """
+
+    def __init__(
+        self,
+        solver: Union[str, registry.Solver] = "argmax",
+        *,
+        maximize: Optional[bool] = None,
+        clip_to_domain: bool = False,
+        solver_kwargs: Optional[dict] = None,
+        event_ndims: Optional[int] = None,
+        reduction: str = "sum_over_batch_size",
+        name: str = "spo_plus_loss",
+        dtype=None,
+        **params,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._solver = registry.get_solver(solver, {**(solver_kwargs or {}), **params}, event_ndims=event_ndims)
+        self.maximize = None if maximize is None else validate.boolean(maximize, "maximize")
+        self.clip_to_domain = validate.boolean(clip_to_domain, "clip_to_domain")
+        spo_plus.check_solver(self._solver, self.clip_to_domain)
+
+    @property
+    def solver(self) -> registry.Solver:
+        """The bound solver."""
+        return self._solver
+
+    def call(self, y_true, y_pred):
+        return spo_plus.spo_plus_loss(
+            y_true, y_pred, self._solver, maximize=self.maximize, clip_to_domain=self.clip_to_domain
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._solver.config(), maximize=self.maximize, clip_to_domain=self.clip_to_domain)
         return config

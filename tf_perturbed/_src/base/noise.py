@@ -1,4 +1,4 @@
-"""Noise distributions for perturbations: Normal, Gumbel, and a registry.
+"""Noise distributions for perturbations: Normal, Gumbel, logistic, and a registry.
 
 A noise object draws samples with a stateless seed and knows the gradient of
 its negative log-density, ∇ν(z), which the Monte-Carlo Jacobian needs:
@@ -10,6 +10,8 @@ from typing import Sequence, Union
 import tensorflow as tf
 
 from tf_perturbed._src.base import validate
+
+EULER_GAMMA = 0.5772156649015329  # the mean of the standard Gumbel distribution
 
 
 def uniform_open(shape, seed: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
@@ -55,10 +57,14 @@ class Noise:
     """Base class of noise distributions with independent coordinates.
 
     Subclasses implement `sample` and `grad_log_density`; `name` is the string
-    the public API accepts (see `register_noise`).
+    the public API accepts (see `register_noise`). A noise whose density has no
+    closed form (`has_density = False`, e.g. the sum-of-Gamma noise) serves the
+    estimators that only draw it (direct, implicit MLE, a learned noise scale); the
+    perturbed ops and the Fenchel-Young loss reject it, as their Jacobian needs ∇ν.
     """
 
     name: str = ""
+    has_density: bool = True
 
     def sample(self, shape: Sequence[int], seed: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
         """Draws a tensor of `shape` with the stateless `int32[2]` `seed`."""
@@ -111,6 +117,51 @@ class Gumbel(Noise):
         return 1.0 - tf.exp(-z)
 
 
+class ZeroMeanGumbel(Noise):
+    """Gumbel noise shifted to mean 0: the standard Gumbel minus Euler's constant γ.
+
+    Formula:
+      Z = G − γ, G standard Gumbel;  ν(z) = Σ_i (z_i + γ) + e^{−(z_i + γ)},
+      ∇ν(z) = 1 − e^{−(z + γ)}
+
+    The perturbed argmax is still softmax(θ/ε) (a constant shift of every score
+    changes no argmax); solvers that are not invariant to a common shift (a
+    shortest path with a varying number of vertices, a knapsack) see unbiased costs.
+    """
+
+    name = "zero_mean_gumbel"
+
+    def sample(self, shape, seed, dtype=tf.float32):
+        compute = validate.compute_dtype(dtype)
+        return tf.cast(_GUMBEL.sample(shape, seed, compute) - EULER_GAMMA, dtype)
+
+    def grad_log_density(self, z):
+        return 1.0 - tf.exp(-(z + EULER_GAMMA))
+
+
+class Logistic(Noise):
+    """Standard logistic noise, the difference of two independent Gumbels (mean 0, variance π²/3).
+
+    Formula:
+      ν(z) = Σ_i z_i + 2 log(1 + e^{−z_i}),   ∇ν(z) = tanh(z/2)
+
+    With this noise a perturbed step function is the logistic sigmoid: the
+    probability that θ_i + εZ_i > 0 is σ(θ_i/ε) (Niepert et al. 2021 use it for
+    independent binary variables).
+    """
+
+    name = "logistic"
+
+    def sample(self, shape, seed, dtype=tf.float32):
+        compute = validate.compute_dtype(dtype)
+        u = uniform_open(shape, seed, compute)  # in (0, 1): both logs stay finite
+        return tf.cast(tf.math.log(u) - tf.math.log1p(-u), dtype)
+
+    def grad_log_density(self, z):
+        return tf.math.tanh(z / 2.0)
+
+
+_GUMBEL = Gumbel()
 _NOISES: dict = {}
 
 
@@ -156,7 +207,21 @@ def get_noise(noise: Union[str, Noise]) -> Noise:
 
 
 register_noise(Normal())
-register_noise(Gumbel())
+register_noise(_GUMBEL)
+register_noise(ZeroMeanGumbel())
+register_noise(Logistic())
+
+
+def check_density(noise: Noise, what: str) -> Noise:
+    """`noise`, or a ValueError naming it if its ∇ν is unknown (`has_density = False`)."""
+    if not noise.has_density:
+        raise ValueError(
+            f"{what} needs the gradient of the noise's log-density, which the noise {noise.name!r} "
+            f"does not have in closed form; received: noise={noise.name!r}. Use 'normal', 'gumbel', "
+            "'zero_mean_gumbel' or 'logistic' there (the sum-of-Gamma noise serves `ImplicitMLE` "
+            "and `DirectLossGradient`)."
+        )
+    return noise
 
 
 def noise_name(noise: Noise) -> str:
@@ -185,4 +250,4 @@ def add_scaled_noise(theta: tf.Tensor, scale, seed: tf.Tensor, noise: Noise) -> 
     """
     theta = tf.cast(theta, validate.compute_dtype(theta.dtype))
     gamma = draw(noise, tf.shape(theta), seed, theta.dtype)  # θ's shape
-    return theta + tf.cast(scale, theta.dtype) * gamma
+    return theta + validate.as_dtype(scale, theta.dtype) * gamma

@@ -105,6 +105,17 @@ def compute_dtype(dtype: tf.DType) -> tf.DType:
     return tf.float32 if dtype in HALF_DTYPES else dtype
 
 
+def as_dtype(value, dtype: tf.DType) -> tf.Tensor:
+    """A number or tensor in `dtype`: a tensor is cast, a Python number converted directly.
+
+    `tf.cast(0.8, tf.float64)` first makes a float32 tensor and so rounds 0.8 to
+    0.800000011920929; `tf.constant(0.8, tf.float64)` keeps float64's 0.8.
+    """
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return tf.cast(value, dtype)
+    return tf.constant(value, dtype)
+
+
 def output_float_dtype(dtype: tf.DType) -> tf.DType:
     """The float dtype a solver returns for inputs of `dtype` (float32 for integers)."""
     return dtype if dtype.is_floating else tf.float32

@@ -101,7 +101,7 @@ def _event_axes(config: DirectLossConfig) -> list:
     return list(range(-config.solver.event_ndims, 0))
 
 
-def _solve(config: DirectLossConfig, theta: tf.Tensor) -> tf.Tensor:
+def solve_in_domain(config: DirectLossConfig, theta: tf.Tensor) -> tf.Tensor:
     """y*(max(θ, bound)) in θ's dtype: the problem clipped to the solver's domain."""
     bound = config.lower_bound
     if bound is not None:
@@ -144,11 +144,11 @@ def loss_perturbed_gradient(
     else:
         scale = tf.ones_like(tf.reduce_sum(g, axis=axes, keepdims=True))  # [*batch, 1…]
     direction = tf.math.divide_no_nan(g, scale)  # [*batch, *event]; 0 where g = 0
-    epsilon = tf.cast(config.epsilon if epsilon is None else epsilon, theta.dtype)
+    epsilon = validate.as_dtype(config.epsilon if epsilon is None else epsilon, theta.dtype)
     epsilon = tf.fill(tf.shape(scale), epsilon)  # [*batch, 1…]
 
     def solve_perturbed(epsilon):
-        return _solve(config, theta + sign * epsilon * direction)  # [*batch, *event]
+        return solve_in_domain(config, theta + sign * epsilon * direction)  # [*batch, *event]
 
     y_eps = solve_perturbed(epsilon)
 
@@ -175,7 +175,7 @@ def loss_perturbed_gradient(
     return tf.where(active, estimate, tf.zeros_like(estimate))  # g = 0: exactly 0, whatever the solver
 
 
-def _prepare(theta, config: DirectLossConfig):
+def prepare_theta(theta, config: DirectLossConfig):
     """(θ checked and cast to the compute dtype, θ's own dtype)."""
     theta = validate.theta(theta, config.solver.event_ndims, config.solver.name)
     return tf.cast(theta, validate.compute_dtype(theta.dtype)), theta.dtype
@@ -189,14 +189,14 @@ def direct_solution(theta: tf.Tensor, config: DirectLossConfig, seed: Optional[t
       config: a `DirectLossConfig`.
       seed: None (no noise: y*(θ)), or an `int32[2]` seed for the noise σγ when σ > 0.
     """
-    theta, out_dtype = _prepare(theta, config)
+    theta, out_dtype = prepare_theta(theta, config)
     if seed is not None and config.sigma > 0:
         theta = noise_lib.add_scaled_noise(theta, config.sigma, seed, config.noise)
 
     @tf.custom_gradient
     def _op(theta_in):
         theta = tf.stop_gradient(theta_in)
-        y0 = _solve(config, theta)
+        y0 = solve_in_domain(config, theta)
 
         def grad(g):
             guard = first_order_only(theta_in, "the direct loss-minimization estimator")
@@ -373,7 +373,7 @@ def direct_categorical_gradient(
         epsilon_tensor = _check_epsilon_tensor(epsilon)
         epsilon = 1.0  # replaced by the tensor in `loss_perturbed_gradient`
     config = DirectLossConfig.create("argmax", epsilon, normalize, epsilon_growth, max_growth_steps)
-    theta, out_dtype = _prepare(theta, config)
+    theta, out_dtype = prepare_theta(theta, config)
     theta_pert = theta + tf.cast(gumbel, theta.dtype)  # [..., n, K]
     loss_per_category = tf.cast(loss_per_category, theta.dtype)
     if not loss_per_category.shape.is_compatible_with(theta_pert.shape):
@@ -382,7 +382,7 @@ def direct_categorical_gradient(
             f"loss_per_category.shape={loss_per_category.shape}, theta.shape={theta.shape}"
         )
     theta_pert = tf.stop_gradient(theta_pert)
-    z0 = _solve(config, theta_pert)
+    z0 = solve_in_domain(config, theta_pert)
     grad = loss_perturbed_gradient(
         theta_pert, z0, tf.stop_gradient(loss_per_category), config, epsilon_tensor
     )

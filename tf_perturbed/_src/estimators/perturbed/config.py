@@ -97,7 +97,7 @@ class PerturbationConfig:
             solver=solver,
             num_samples=num_samples,
             sigma=validate.real(sigma, "sigma", above=0.0),
-            noise=noise_lib.get_noise(noise),
+            noise=noise_lib.check_density(noise_lib.get_noise(noise), "A perturbed op (its Jacobian)"),
             perturbation=validate.choice(perturbation, "perturbation", PERTURBATIONS),
             control_variate=check_control_variate(control_variate, num_samples),
             chunk_size=validate.optional_integer(chunk_size, "chunk_size"),
