@@ -126,10 +126,11 @@ def imle_solution(theta: tf.Tensor, config: IMLEConfig, seed: Optional[tf.Tensor
       `[*batch, *event]`: (1/S) Σ_s y*(θ + τγ_s), or y*(θ) without a seed.
     """
     theta, out_dtype = direct.prepare_theta(theta, config.direct)
-    samples = config.num_samples if seed is not None and config.sigma > 0 else 1
-    if samples == 1 and (seed is None or config.sigma == 0):
+    if seed is None or config.sigma == 0:  # one state, the MAP of θ
+        samples = 1
         noisy = theta[tf.newaxis]  # [1, *batch, *event]
     else:
+        samples = config.num_samples
         shape = tf.concat([[samples], tf.shape(theta)], 0)
         gamma = noise_lib.draw(config.noise, shape, seed, theta.dtype)  # [S, *batch, *event]
         noisy = theta[tf.newaxis] + validate.as_dtype(config.sigma, theta.dtype) * gamma  # [S, *batch, *event]
