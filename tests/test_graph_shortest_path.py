@@ -403,3 +403,33 @@ def test_fenchel_young_loss_trains_on_the_grid_with_xla():
     config = json.loads(json.dumps(loss.get_config()))  # the graph is plain JSON in a config
     assert config["solver_kwargs"] == {**GRID_KWARGS, "num_vertices": None}
     assert tp.FenchelYoungLoss.from_config(config).get_config() == loss.get_config()
+
+
+def test_layers_on_the_graph_solver_save_load_and_export(tmp_path):
+    # A model ending in ImplicitMLE and PerturbedOptimizer heads on the 3 × 3 grid DAG: the
+    # `.keras` file (safe mode) and the SavedModel give the in-process inference outputs.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    costs = keras.layers.Dense(12)(inputs)
+    kwargs = dict(solver_kwargs=GRID_KWARGS, seed=2)
+    outputs = {
+        "imle": tp.ImplicitMLE("graph_shortest_path", **kwargs)(costs),
+        "perturbed": tp.PerturbedOptimizer("graph_shortest_path", num_samples=8, inference="perturbed",
+                                           **kwargs)(costs),
+    }
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(1).normal(size=(16, 5)).astype("float32")
+    model.export(str(tmp_path / "exported"), verbose=False)
+    first = {k: v.numpy() for k, v in model(x, training=False).items()}
+    model.save(tmp_path / "model.keras")
+    second = {k: v.numpy() for k, v in model(x, training=False).items()}
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    again = {k: v.numpy() for k, v in loaded(x, training=False).items()}
+    exported = tf.saved_model.load(str(tmp_path / "exported"))  # kept: its variables live as long as it does
+    served = exported.serve(tf.constant(x))
+    served = served if isinstance(served, dict) else dict(zip(sorted(outputs), served))
+    np.testing.assert_array_equal(again["imle"], first["imle"])  # hard paths
+    np.testing.assert_array_equal(again["perturbed"], second["perturbed"])  # the next draw, as the original's
+    np.testing.assert_array_equal(np.asarray(served["imle"]), first["imle"])
+    np.testing.assert_array_equal(np.asarray(served["perturbed"]), first["perturbed"])
+    assert np.all(first["imle"].sum(-1) >= 4)  # a path through 5 vertices of the grid has 4 edges
