@@ -23,9 +23,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import common  # noqa: E402
 
-# ours → PyEPO's name, in the table's order; PyEPO's closed-form 2-stage has no row of ours.
-ROWS = (
-    ("—", "2s"),
+# ours → PyEPO's name (run_ours.PEER_NAME, without importing TensorFlow), in the table's order.
+PAIRS = (
     ("two_stage", "2s_mse"),
     ("spo_plus", "spo+"),
     ("blackbox", "dbb"),
@@ -33,6 +32,7 @@ ROWS = (
     ("fenchel_young", "pfyl"),
     ("imle", "imle"),
 )
+ROWS = (("—", "2s"),) + PAIRS  # PyEPO's closed-form 2-stage has no row of ours
 PROBLEM_NAMES = {"sp": "shortest path, 5×5 grid", "ks": "knapsack, 32 items, one dimension, capacity 20"}
 
 

@@ -28,14 +28,8 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE.parent))
 import common  # noqa: E402
 
-PAIRS = (  # (ours, PyEPO), as run_ours.PEER_NAME (no TensorFlow imported here)
-    ("two_stage", "2s_mse"),
-    ("spo_plus", "spo+"),
-    ("blackbox", "dbb"),
-    ("perturbed", "dpo"),
-    ("fenchel_young", "pfyl"),
-    ("imle", "imle"),
-)
+sys.path.insert(0, str(HERE))
+from report import PAIRS  # noqa: E402
 
 
 def run(side: str, method: str, args, output: pathlib.Path) -> dict:
