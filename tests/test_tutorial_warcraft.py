@@ -1,6 +1,6 @@
 """Smoke tests of the Warcraft shortest-path tutorial (tutorials/warcraft.py).
 
-`main` runs in-process on a tiny generated set (three methods, one epoch each) and the
+`main` runs in-process on a tiny generated set (every method, one epoch each) and the
 Fenchel-Young model is exported and served from a fresh process; a separate test checks
 that the Fenchel-Young loss of the tutorial's network falls when it trains on a few maps.
 Runtime: about 52 s on 2 shared CPU cores at load average 2.5–4 (the tiny `main` run 42 s, a
@@ -26,14 +26,14 @@ METRIC_KEYS = {"perfect_path_accuracy", "exact_match", "cost_ratio"}
 def test_main_tiny_run_writes_metrics_figures_and_serves(tmp_path):
     argv = [
         "--output-dir", str(tmp_path),
-        "--methods", "fenchel_young,squared,blackbox,terrain_classifier",
+        "--methods", "fenchel_young,squared,blackbox,spo_plus,imle,terrain_classifier",
         "--num-train", "14", "--num-val", "7", "--num-test", "7",
         "--epochs", "1", "--batch-size", "7", "--verbose", "0",
     ]  # fmt: skip
     warcraft.main(argv)
     payload = json.loads((tmp_path / "metrics.json").read_text())
     assert {"results", "command", "versions", "seconds", "serving", "curves"} <= set(payload)
-    methods = ["fenchel_young", "squared", "blackbox", "terrain_classifier"]
+    methods = ["fenchel_young", "squared", "blackbox", "spo_plus", "imle", "terrain_classifier"]
     assert [row["method"] for row in payload["results"]] == methods
     for row in payload["results"]:
         assert METRIC_KEYS <= set(row)
@@ -45,6 +45,9 @@ def test_main_tiny_run_writes_metrics_figures_and_serves(tmp_path):
         assert METRIC_KEYS == set(row["single_view"]) and row["single_view"]["cost_ratio"] >= 1.0 - 1e-6
         if row["method"] == "blackbox":  # λ = 20 of Vlastelica et al. at their batch of 70, not this one (7)
             assert row["epsilon"] == pytest.approx(-20 / 70)
+        if row["method"] == "imle":  # the same step; κ the mean length of the 14 training paths
+            assert row["imle_lambda"] == pytest.approx(20 / 70) and row["imle_kappa"] >= 12
+        assert len(row["epoch_seconds"]) == 1
         assert set(row["cost_by_terrain"]) <= set(warcraft_data.TERRAIN_NAMES)
         for spread in row["cost_by_terrain"].values():
             assert 0.0 <= spread["p5"] <= spread["p95"] and spread["true"] > 0.0
@@ -72,6 +75,42 @@ def test_fenchel_young_loss_falls_on_a_few_maps(tmp_path):
     # 10 maps must still cut it well below its start: the mean of the last four steps under
     # half the mean of the first four (in one run: about 1 % of it).
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
+
+
+@pytest.mark.parametrize("method", ["spo_plus", "imle"])
+def test_new_methods_fit_with_xla(tmp_path, method):
+    # The two methods of issue 19 in model.fit with jit_compile=True, on 8 maps of 6 × 6.
+    maps = warcraft_data.generate_maps(8, grid_size=6, seed=2, split="train")
+    args = warcraft.parse_args(["--quick", "--output-dir", str(tmp_path)])
+    keras.utils.set_random_seed(0)
+    model, loss, target = warcraft.build_method(method, warcraft.build_cost_model(48, 6), args, maps["paths"])
+    assert target == ("costs" if method == "spo_plus" else "paths")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, jit_compile=True)
+    history = model.fit(maps["images"], maps[target], batch_size=4, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"])), history.history
+    if method == "imle":  # training draws noise, inference solves the network's own costs
+        paths = model.predict(maps["images"], verbose=0)
+        assert set(np.unique(paths)) <= {0.0, 1.0} and np.all(paths[:, 0, 0] == 1) and np.all(paths[:, -1, -1] == 1)
+
+
+def test_imle_without_noise_is_the_blackbox_gradient(tmp_path):
+    # With τ = 0 and S = 1, I-MLE with the blackbox λ and max-abs normalisation is the
+    # blackbox estimator: the same gradient of the Hamming loss, entry for entry.
+    maps = warcraft_data.generate_maps(4, seed=7, split="train")
+    paths = tf.constant(maps["paths"])
+    costs = tf.Variable(np.random.default_rng(0).uniform(0.5, 2.0, (4, 12, 12)).astype(np.float32))
+    args = warcraft.parse_args(["--quick", "--imle-sigma", "0", "--imle-normalize", "0", "--output-dir", str(tmp_path)])
+    inputs = keras.Input((12, 12))
+    identity = keras.Model(inputs, keras.layers.Identity()(inputs))  # the "network": costs in, costs out
+    gradients = {}
+    for method in ("blackbox", "imle"):
+        model, loss, _ = warcraft.build_method(method, identity, args, maps["paths"])
+        with tf.GradientTape() as tape:
+            value = tf.reduce_mean(loss(paths, model(costs, training=True)))
+        gradients[method] = tape.gradient(value, costs).numpy()
+    assert np.any(gradients["blackbox"] != 0)
+    np.testing.assert_allclose(gradients["imle"], gradients["blackbox"], rtol=1e-6, atol=1e-7)
+    assert warcraft.imle_kappa(args, maps["paths"]) == pytest.approx(np.mean(maps["paths"].sum(axis=(1, 2))))
 
 
 def test_corner_symmetries_move_tiles_and_keep_shortest_paths():

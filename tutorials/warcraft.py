@@ -3,15 +3,16 @@
 Berthet et al. (2020, §5.3 and Appendix C.3) replicate Vlastelica et al. (2019): a network
 reads a 96×96 image of a 12×12 grid of terrain tiles and outputs one positive cost per
 vertex; the prediction is the shortest path (top-left to bottom-right, 8-neighbour moves)
-under those costs. Training only sees the true path (Fenchel-Young loss, blackbox), or the
-true costs (squared-error baseline).
+under those costs. Training only sees the true path (Fenchel-Young loss, blackbox, I-MLE),
+or the true costs (squared-error baseline, SPO+). `--grid-size` 18, 24 or 30 gives the larger
+maps of Vlastelica et al. (same network; tutorials/warcraft_sizes.py runs every size).
 
 Network: the first layers of ResNet18 (7×7/2 convolution with 64 channels, batch norm,
 ReLU, 3×3/2 max-pool, then the first residual stage: two BasicBlocks of 64 channels), which
 take a 8g×8g image to a 2g×2g feature map; a 2×2 max-pool lands exactly on the g×g grid; a
 1×1 convolution reduces the channels to one; softplus makes the vertex costs positive.
 
-Methods (`--methods`, the `method` key of each metrics row; default: all three):
+Methods (`--methods`, the `method` key of each metrics row; default: the first three):
   fenchel_young  `tf_perturbed.FenchelYoungLoss("shortest_path", num_samples=10, sigma=ε)`
                  between the predicted costs and the true path. The noise is
                  multiplicative, c' = c ⊙ exp(εZ − ε²/2), because the solver needs costs
@@ -31,6 +32,26 @@ Methods (`--methods`, the `method` key of each metrics row; default: all three):
                  layer normalises the loss gradient by its largest entry, so ε is the
                  largest move of a cost, as λ/B is in their batch-mean Hamming loss);
                  kept at any batch size (`blackbox_epsilon`).
+  spo_plus       (not run by default) `tf_perturbed.SPOPlusLoss("shortest_path",
+                 clip_to_domain=True)` between the predicted and the true vertex costs (the
+                 SPO+ loss of Elmachtoub & Grigas). Like `squared` it needs the hidden true
+                 costs, which the path-supervised methods never see. On the 8-connected grid
+                 2ĉ − c can be negative, where no shortest path exists; the loss then solves
+                 max(2ĉ − c, 0), a stated surrogate equal to SPO+ where 2ĉ − c ≥ 0
+                 (`tf_perturbed.spo_plus_loss`).
+  imle           (not run by default) `tf_perturbed.ImplicitMLE("shortest_path",
+                 lambda_=20/70, sigma=0.25, noise="sum_of_gamma", kappa=κ,
+                 normalize="max_abs")` after the cost network, trained with the blackbox
+                 method's Hamming loss to the true path (Niepert et al. 2021). λ is the
+                 blackbox step (with τ = 0 the estimator is the blackbox one; tested). The
+                 noise is the paper's sum-of-Gamma with κ = the mean length of the training
+                 paths (15.0 vertices at 12×12): a path picks about κ vertices, as a κ-subset
+                 does, so the noise summed along a path is about a Gumbel of scale τ at any
+                 grid size. As for Fenchel-Young, the costs are divided by their per-map mean
+                 before the layer (`--imle-normalize 1`), so that τ and λ are relative to the
+                 map's costs. Quick-mode sweep (validation): normalising lifted 0.325 to 0.68
+                 (τ = 1); τ = 0.25 gave 0.715, Gumbel τ = 0.1 0.73, no noise 0.785 — the
+                 noise did not help on that budget (docs/notes/2026-12-04-warcraft-sizes.md).
   terrain_classifier  (not run by default) a reference, not a method of the paper: the
                  same network with five outputs per vertex, trained by cross-entropy on
                  the hidden terrain type of every vertex; its costs are those of the
@@ -73,9 +94,10 @@ data/warcraft/ (`--data-dir`; `--original-dir` reads the original .npy files ins
 
 Run: `python tutorials/warcraft.py --quick --methods fenchel_young` (the demo: 1,400 training
 maps, 5 epochs of 35; under 5 minutes on 2 CPU cores shared at a load average of 3–3.6),
-`--quick` for all three methods (12.3 minutes at that load), or without `--quick` for the
-paper's 10,000 training maps and 12 epochs of 35 (54 minutes per method with another such
-run sharing the 2 cores). Measured numbers: tutorials/README.md.
+`--quick` for the three default methods (12.3 minutes at that load), or without `--quick` for
+the paper's 10,000 training maps and 12 epochs of 35 (54 minutes per method with another such
+run sharing the 2 cores). Measured numbers: tutorials/README.md; every size and method:
+docs/warcraft_sizes.md.
 """
 
 import argparse
@@ -96,7 +118,7 @@ import warcraft_data  # noqa: E402  (tutorials/warcraft_data.py: the maps)
 
 import tf_perturbed  # noqa: E402
 
-METHODS = ("fenchel_young", "squared", "blackbox", "terrain_classifier")
+METHODS = ("fenchel_young", "squared", "blackbox", "spo_plus", "imle", "terrain_classifier")
 DEFAULT_METHODS = ("fenchel_young", "squared", "blackbox")
 RELATIVE_TOLERANCE = 1e-5
 # PyTorch's batch-norm momentum 0.1 (the original ResNet18) is Keras's 0.9. Keras's default
@@ -196,6 +218,44 @@ def _blackbox_model(cost_model: keras.Model, args) -> keras.Model:
     return keras.Model(cost_model.input, layer(cost_model.output), name="warcraft_blackbox")
 
 
+def imle_kappa(args, train_paths: np.ndarray) -> float:
+    """κ of the I-MLE sum-of-Gamma noise: `--imle-kappa`, or the mean length of the training paths.
+
+    A path picks about that many vertices of the grid, as a κ-subset picks κ entries; the
+    sum of the κ noises along the path is then (nearly) a Gumbel of scale τ (Niepert et al.
+    2021, §4), whatever the grid size. The labels are training data, so this reads no test map.
+    """
+    if args.imle_kappa is not None:
+        return float(args.imle_kappa)
+    return float(np.mean(np.sum(train_paths, axis=(-2, -1))))
+
+
+def _imle_model(cost_model: keras.Model, args, kappa: float) -> keras.Model:
+    """The I-MLE method: images → costs `[B, g, g]` → ImplicitMLE(shortest path) → path `[B, g, g]`.
+
+    λ and its normalisation are the blackbox method's (`blackbox_epsilon`: the largest move
+    of a cost is 20/70), so that with τ = 0 the two train alike; the forward pass solves the
+    noisy costs c + τγ (clipped at 0, the solver's domain) and the backward pass the same
+    noisy costs moved by λ·g towards the better path.
+    """
+    noise = args.imle_noise
+    layer = tf_perturbed.ImplicitMLE(
+        "shortest_path",
+        lambda_=-blackbox_epsilon(args.blackbox_lambda),
+        num_samples=args.imle_samples,
+        sigma=args.imle_sigma,
+        noise=noise,
+        kappa=kappa if noise == "sum_of_gamma" else None,
+        normalize="max_abs",
+        seed=args.seed,
+        name="shortest_path",
+    )
+    costs = cost_model.output
+    if args.imle_normalize:
+        costs = keras.layers.Lambda(normalize_costs, name="normalize")(costs)
+    return keras.Model(cost_model.input, layer(costs), name="warcraft_imle")
+
+
 def normalize_costs(costs):
     """Divides every map's costs `[B, g, g]` by their mean: each map's mean cost becomes 1.
 
@@ -207,8 +267,11 @@ def normalize_costs(costs):
     return costs / (keras.ops.mean(costs, axis=(-2, -1), keepdims=True) + 1e-6)
 
 
-def build_method(method: str, cost_model: keras.Model, args):
-    """(model to train, loss, key of its target in a split) for one method."""
+def build_method(method: str, cost_model: keras.Model, args, train_paths: Optional[np.ndarray] = None):
+    """(model to train, loss, key of its target in a split) for one method.
+
+    `train_paths` `[N, g, g]`, the training labels, set I-MLE's κ when `--imle-kappa` is not given.
+    """
     if method == "fenchel_young":
         # c + εZ can be negative: with additive noise the loss solves max(c + εZ, 0), the
         # shortest-path solver's domain (as every estimator of tf_perturbed does).
@@ -228,8 +291,14 @@ def build_method(method: str, cost_model: keras.Model, args):
         return cost_model, keras.losses.MeanSquaredError(), "costs"
     if method == "blackbox":
         return _blackbox_model(cost_model, args), hamming_loss, "paths"
+    if method == "spo_plus":
+        return cost_model, tf_perturbed.SPOPlusLoss("shortest_path", clip_to_domain=True), "costs"
+    if method == "imle":
+        if args.imle_kappa is None and train_paths is None:
+            raise ValueError("Expected `train_paths` (or `--imle-kappa`) for the I-MLE method, received: None")
+        return _imle_model(cost_model, args, imle_kappa(args, train_paths)), hamming_loss, "paths"
     raise ValueError(
-        f"Expected `method` in {DEFAULT_METHODS} (the terrain classifier has its own builder, "
+        f"Expected `method` in {METHODS[:-1]} (the terrain classifier has its own builder, "
         f"`build_terrain_classifier`), received: method={method!r}"
     )
 
@@ -557,6 +626,7 @@ def export_and_serve(cost_model: keras.Model, images: np.ndarray, export_dir: pa
 FULL = {
     "num_train": 10000, "num_val": 1000, "num_test": 1000, "epochs": 12, "learning_rate": 2e-3,
     "batch_size": 35, "num_samples": 10, "sigma": 0.05, "augment": True,
+    "imle_sigma": 0.25, "imle_noise": "sum_of_gamma", "imle_samples": 1, "imle_normalize": 1,
 }  # fmt: skip
 QUICK = {**FULL, "num_train": 1400, "num_val": 200, "num_test": 200, "epochs": 5, "sigma": 0.1}
 
@@ -585,6 +655,21 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--perturbation", default="multiplicative", choices=("additive", "multiplicative"))
     parser.add_argument(
         "--blackbox-lambda", type=float, default=20.0, help="λ of Vlastelica et al.; the step is ε = −λ/70"
+    )
+    parser.add_argument("--imle-sigma", type=float, default=None, help="τ, I-MLE noise temperature")
+    parser.add_argument(
+        "--imle-noise", default=None, help="I-MLE noise: sum_of_gamma, gumbel, zero_mean_gumbel, logistic, normal"
+    )
+    parser.add_argument(
+        "--imle-kappa", type=float, default=None, help="κ of the sum-of-Gamma noise; default the mean path length"
+    )
+    parser.add_argument("--imle-samples", type=int, default=None, help="S, I-MLE noise draws per step")
+    parser.add_argument(
+        "--imle-normalize",
+        type=int,
+        default=None,
+        choices=(0, 1),
+        help="I-MLE: divide each map's costs by their mean before the layer (1) or not (0)",
     )
     parser.add_argument(
         "--normalize",
@@ -624,17 +709,23 @@ def parse_args(argv: Optional[List[str]] = None):
 
 
 class _EpochTimer(keras.callbacks.Callback):
-    """Wall-clock seconds of each training epoch (put it before slower callbacks)."""
+    """Wall-clock and process CPU seconds of each training epoch (put it before slower callbacks).
+
+    The CPU time (all threads of this process) is less distorted than the wall clock when
+    other jobs share the cores.
+    """
 
     def __init__(self):
         super().__init__()
         self.seconds: List[float] = []
+        self.cpu_seconds: List[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+        self.cpu_seconds.append(time.process_time() - self._cpu_start)
 
 
 def run_method(method: str, data: dict, args) -> dict:
@@ -647,7 +738,7 @@ def run_method(method: str, data: dict, args) -> dict:
         model, cost_model = build_terrain_classifier(cost_model)
         loss, targets = keras.losses.SparseCategoricalCrossentropy(from_logits=True), terrain_classes(train["costs"])
     else:
-        model, loss, target = build_method(method, cost_model, args)
+        model, loss, target = build_method(method, cost_model, args, train["paths"])
         targets = train[target]
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss, jit_compile=args.jit_compile
@@ -687,6 +778,13 @@ def run_method(method: str, data: dict, args) -> dict:
         )
     if method == "blackbox":
         row.update(blackbox_lambda=args.blackbox_lambda, epsilon=blackbox_epsilon(args.blackbox_lambda))
+    if method == "imle":
+        row.update(
+            imle_lambda=-blackbox_epsilon(args.blackbox_lambda), imle_sigma=args.imle_sigma, imle_noise=args.imle_noise, imle_samples=args.imle_samples,
+            imle_kappa=imle_kappa(args, train["paths"]), imle_normalize=args.imle_normalize,
+        )  # fmt: skip
+    if method == "spo_plus":
+        row.update(clip_to_domain=True)
     row.update(
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
@@ -695,6 +793,8 @@ def run_method(method: str, data: dict, args) -> dict:
         num_train=len(train["images"]),
         num_test=len(test["images"]),
         seconds_per_epoch=float(np.mean(timer.seconds)),
+        epoch_seconds=list(timer.seconds),
+        epoch_cpu_seconds=list(timer.cpu_seconds),
         train_seconds=train_seconds,
         final_loss=float(history.history["loss"][-1]),
     )
