@@ -37,17 +37,17 @@ PROBLEM_NAMES = {"sp": "shortest path, 5×5 grid", "ks": "knapsack, 32 items, on
 
 
 def read(path: pathlib.Path):
-    """(meta, {(problem, method, deg): [rows]}) of one results file, or (None, {}) if absent."""
+    """([meta of each invocation], {(problem, method, deg): [rows]}) of one results file."""
     if not path.exists():
-        return None, {}
-    meta, runs = None, defaultdict(list)
+        return [], {}
+    metas, runs = [], defaultdict(list)
     for line in path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         if "meta" in row:
-            meta = row["meta"]
+            metas.append(row["meta"])
         else:
             runs[(row["problem"], row["method"], row["deg"])].append(row)
-    return meta, runs
+    return metas, runs
 
 
 def regret_cell(rows) -> str:
@@ -118,9 +118,7 @@ def command_of(meta) -> str:
 
 def machine_lines(ours_meta, peer_meta) -> str:
     lines = []
-    for label, meta in (("ours", ours_meta), ("PyEPO", peer_meta)):
-        if meta is None:
-            continue
+    for label, meta in [("ours", meta) for meta in ours_meta] + [("PyEPO", meta) for meta in peer_meta]:
         versions = ", ".join(f"{name} {version}" for name, version in meta["versions"].items())
         extra = f", Gurobi {meta['gurobi']}, torch threads {meta['torch_threads']}" if "gurobi" in meta else ""
         lines.append(

@@ -231,7 +231,13 @@ def main() -> None:
 
     parser = runs.make_parser(__doc__.split("\n", 1)[0], METHODS, EPOCHS)
     parser.add_argument("--labels", default="ours", choices=["ours", "pyepo"])
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch.set_num_threads(n) (default: torch's, one per core)")
     args = runs.apply_quick(parser.parse_args())
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
 
     def run_one(method, problem, stored, seed):
         result = run_method(method, problem, stored, seed, args.epochs, args.labels)

@@ -1,9 +1,10 @@
 """What the two runners of the PyEPO comparison share: their command line and results file.
 
 Plain Python and NumPy, imported by `run_ours.py` (project venv) and `run_pyepo.py`
-(`.venv-pyepo`). A results file holds JSON lines: first `{"meta": machine facts}`, then
-one line per run (problem, degree, seed, method), appended as each run ends so that an
-interrupted run keeps what it finished; `--resume` skips the runs already there.
+(`.venv-pyepo`). A results file holds JSON lines: `{"meta": machine facts}` for each invocation,
+then one line per run (problem, degree, seed, method), appended as each run ends so
+that an interrupted run keeps what it finished; `--resume` skips the runs already
+there and appends.
 """
 
 import argparse
@@ -67,9 +68,11 @@ def run_all(
             if "method" in row:
                 done.add((row["problem"], row["deg"], row["seed"], row["method"]))
     else:
-        facts = machine()
-        facts.update(interpreter=sys.executable, args=vars(args))
-        output.write_text(json.dumps({"meta": facts}) + "\n", encoding="utf-8")
+        output.write_text("", encoding="utf-8")
+    facts = machine()
+    facts.update(interpreter=sys.executable, args=vars(args))
+    with output.open("a", encoding="utf-8") as handle:  # one machine line per invocation
+        handle.write(json.dumps({"meta": facts}) + "\n")
     for problem in args.problem:
         for deg in args.deg:
             for seed in args.seeds:

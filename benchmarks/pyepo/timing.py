@@ -40,6 +40,8 @@ def run(side: str, method: str, args, output: pathlib.Path) -> dict:
         command = [str(ROOT / ".venv-pyepo/bin/python"), str(HERE / "run_pyepo.py")]
     command += ["--problem", args.problem, "--deg", str(args.deg), "--methods", method,
                 "--epochs", str(args.epochs), "--output", str(output)]
+    if side == "pyepo" and args.torch_threads:
+        command += ["--torch-threads", str(args.torch_threads)]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     return rows[-1]
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--deg", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--torch-threads", type=int, default=None, help="PyEPO's torch.set_num_threads")
     parser.add_argument("--methods", nargs="+", default=[ours for ours, _ in PAIRS], choices=[o for o, _ in PAIRS])
     args = parser.parse_args()
     folder = common.RESULTS_DIR / "pyepo_timing"
@@ -62,7 +65,8 @@ def main() -> None:
             if ours not in args.methods:
                 continue
             for side, method in (("ours", ours), ("pyepo", theirs)):
-                output = folder / f"{args.problem}_deg{args.deg}_{side}_{method}_r{round_index}.jsonl"
+                threads = f"_torch{args.torch_threads}" if args.torch_threads and side == "pyepo" else ""
+                output = folder / f"{args.problem}_deg{args.deg}_{side}_{method}{threads}_r{round_index}.jsonl"
                 row = run(side, method, args, output)
                 entry = times.setdefault((ours, side), {"wall": [], "cpu": []})
                 entry["wall"] += row["epoch_s"][1:]
@@ -83,15 +87,18 @@ def main() -> None:
     command = "python3 benchmarks/pyepo/timing.py " + " ".join(sys.argv[1:])
     text = (
         f"Seconds per training epoch, {args.problem}, degree {args.deg}: medians over {args.rounds} alternated "
-        f"rounds × {args.epochs - 1} epochs (the first of each run left out).\n\n"
+        f"rounds × {args.epochs - 1} epochs (the first of each run left out); PyEPO's torch threads: "
+        f"{args.torch_threads or 'default (2)'}.\n\n"
         + common.markdown_table(headers, rows)
         + f"\n\n- command: `{command.strip()}`\n- date: {info['date']}\n"
         f"- CPU: {info['cpu']}, {info['cores']} cores; load average at start {info['load_average']}"
     )
-    stem = "pyepo_timing" if args.problem == "sp" else f"pyepo_timing_{args.problem}"
+    stem = "pyepo_timing" + ("" if args.problem == "sp" else f"_{args.problem}")
+    stem += f"_torch{args.torch_threads}threads" if args.torch_threads else ""
     common.write_json(stem, {"machine": info, "args": vars(args), "summary": summary})
     common.write_markdown(stem, text)
-    if args.problem == "sp" and common.replace_marked_block(HERE / "README.md", "pyepo-timing", text):
+    marker = "pyepo-timing" + (f"-torch{args.torch_threads}" if args.torch_threads else "")
+    if args.problem == "sp" and common.replace_marked_block(HERE / "README.md", marker, text):
         print("README.md updated")
     print(text)
 
