@@ -12,8 +12,8 @@ Usage (from the repository root; any Python 3):
     python3 benchmarks/pyepo/timing.py                  # sp, degree 4, 3 rounds of 5 epochs
     python3 benchmarks/pyepo/timing.py --rounds 2 --epochs 4 --problem ks
 
-Results: `benchmarks/results/pyepo_timing[_ks].{json,md}`, the rounds' JSON lines in
-`benchmarks/results/pyepo_timing/`; for the shortest path, README.md's second table.
+Results: `benchmarks/results/pyepo_timing[_ks][_torchNthreads].{json,md}` (the json with
+every run's epoch times); for the shortest path, README.md's timing tables.
 """
 
 import argparse
@@ -22,6 +22,7 @@ import pathlib
 import statistics
 import subprocess
 import sys
+import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -56,23 +57,23 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=None, help="PyEPO's torch.set_num_threads")
     parser.add_argument("--methods", nargs="+", default=[ours for ours, _ in PAIRS], choices=[o for o, _ in PAIRS])
     args = parser.parse_args()
-    folder = common.RESULTS_DIR / "pyepo_timing"
-    folder.mkdir(parents=True, exist_ok=True)
     info = common.machine_info([])
-    times = {}
-    for round_index in range(args.rounds):
-        for ours, theirs in PAIRS:
-            if ours not in args.methods:
-                continue
-            for side, method in (("ours", ours), ("pyepo", theirs)):
-                threads = f"_torch{args.torch_threads}" if args.torch_threads and side == "pyepo" else ""
-                output = folder / f"{args.problem}_deg{args.deg}_{side}_{method}{threads}_r{round_index}.jsonl"
-                row = run(side, method, args, output)
-                entry = times.setdefault((ours, side), {"wall": [], "cpu": []})
-                entry["wall"] += row["epoch_s"][1:]
-                entry["cpu"] += row["epoch_cpu_s"][1:]
-                print(f"round {round_index} {side:5s} {method:13s} "
-                      f"{statistics.median(row['epoch_s'][1:]):.3f} s/epoch", flush=True)
+    times, runs = {}, []
+    with tempfile.TemporaryDirectory() as folder:
+        for round_index in range(args.rounds):
+            for ours, theirs in PAIRS:
+                if ours not in args.methods:
+                    continue
+                for side, method in (("ours", ours), ("pyepo", theirs)):
+                    output = pathlib.Path(folder) / f"{side}_{method}_r{round_index}.jsonl"
+                    row = run(side, method, args, output)
+                    entry = times.setdefault((ours, side), {"wall": [], "cpu": []})
+                    entry["wall"] += row["epoch_s"][1:]
+                    entry["cpu"] += row["epoch_cpu_s"][1:]
+                    runs.append({key: row[key] for key in ("side", "method", "epoch_s", "epoch_cpu_s")})
+                    runs[-1]["round"] = round_index
+                    print(f"round {round_index} {side:5s} {method:13s} "
+                          f"{statistics.median(row['epoch_s'][1:]):.3f} s/epoch", flush=True)
     rows, summary = [], {}
     for ours, theirs in PAIRS:
         if ours not in args.methods:
@@ -95,7 +96,7 @@ def main() -> None:
     )
     stem = "pyepo_timing" + ("" if args.problem == "sp" else f"_{args.problem}")
     stem += f"_torch{args.torch_threads}threads" if args.torch_threads else ""
-    common.write_json(stem, {"machine": info, "args": vars(args), "summary": summary})
+    common.write_json(stem, {"machine": info, "args": vars(args), "summary": summary, "runs": runs})
     common.write_markdown(stem, text)
     marker = "pyepo-timing" + (f"-torch{args.torch_threads}" if args.torch_threads else "")
     if args.problem == "sp" and common.replace_marked_block(HERE / "README.md", marker, text):
