@@ -40,18 +40,21 @@ Methods (`--methods`, the `method` key of each metrics row; default: the first t
                  max(2ĉ − c, 0), a stated surrogate equal to SPO+ where 2ĉ − c ≥ 0
                  (`tf_perturbed.spo_plus_loss`).
   imle           (not run by default) `tf_perturbed.ImplicitMLE("shortest_path",
-                 lambda_=20/70, sigma=0.25, noise="sum_of_gamma", kappa=κ,
-                 normalize="max_abs")` after the cost network, trained with the blackbox
-                 method's Hamming loss to the true path (Niepert et al. 2021). λ is the
-                 blackbox step (with τ = 0 the estimator is the blackbox one; tested). The
-                 noise is the paper's sum-of-Gamma with κ = the mean length of the training
-                 paths (15.0 vertices at 12×12): a path picks about κ vertices, as a κ-subset
-                 does, so the noise summed along a path is about a Gumbel of scale τ at any
-                 grid size. As for Fenchel-Young, the costs are divided by their per-map mean
-                 before the layer (`--imle-normalize 1`), so that τ and λ are relative to the
-                 map's costs. Quick-mode sweep (validation): normalising lifted 0.325 to 0.68
-                 (τ = 1); τ = 0.25 gave 0.715, Gumbel τ = 0.1 0.73, no noise 0.785 — the
-                 noise did not help on that budget (docs/notes/2026-12-04-warcraft-sizes.md).
+                 lambda_=20/70, sigma=0.1, noise="gumbel", normalize="max_abs")` after the
+                 cost network, trained with the blackbox method's Hamming loss to the true
+                 path (Niepert et al. 2021). λ is the blackbox step (with τ = 0 the
+                 estimator is the blackbox one; tested). As for Fenchel-Young, the costs are
+                 divided by their per-map mean before the layer (`--imle-normalize 1`), so
+                 that τ and λ are relative to the map's costs; Gumbel noise of scale
+                 τ = 0.1 then perturbs every vertex alike at any grid size (standard
+                 deviation 0.13 of the mean cost). Chosen on the validation split: in quick
+                 mode normalising lifted 0.325 to 0.68 (sum-of-Gamma, τ = 1), and Gumbel
+                 τ = 0.1 (0.73) was the best noise, level with sum-of-Gamma at κ = the mean
+                 path length and τ = 0.25 (0.715); no noise gave 0.785 there, but at 18×18
+                 and larger it and the sum-of-Gamma noise (whose per-vertex spread falls as
+                 1/√κ) let the costs collapse onto one terrain, which Gumbel τ = 0.1 did
+                 not at 30×30 (docs/notes/2026-12-04-warcraft-sizes.md). `--imle-noise
+                 sum_of_gamma` takes κ from `--imle-kappa` or the mean training path length.
   terrain_classifier  (not run by default) a reference, not a method of the paper: the
                  same network with five outputs per vertex, trained by cross-entropy on
                  the hidden terrain type of every vertex; its costs are those of the
@@ -218,19 +221,24 @@ def _blackbox_model(cost_model: keras.Model, args) -> keras.Model:
     return keras.Model(cost_model.input, layer(cost_model.output), name="warcraft_blackbox")
 
 
-def imle_kappa(args, train_paths: np.ndarray) -> float:
+def imle_kappa(args, train_paths: Optional[np.ndarray]) -> Optional[float]:
     """κ of the I-MLE sum-of-Gamma noise: `--imle-kappa`, or the mean length of the training paths.
 
     A path picks about that many vertices of the grid, as a κ-subset picks κ entries; the
     sum of the κ noises along the path is then (nearly) a Gumbel of scale τ (Niepert et al.
-    2021, §4), whatever the grid size. The labels are training data, so this reads no test map.
+    2021, §4), whatever the grid size. The labels are training data, so this reads no test
+    map. None for the other noises, which have no κ.
     """
+    if args.imle_noise != "sum_of_gamma":
+        return None
     if args.imle_kappa is not None:
         return float(args.imle_kappa)
+    if train_paths is None:
+        raise ValueError("Expected `train_paths` (or `--imle-kappa`) for sum-of-Gamma noise, received: None")
     return float(np.mean(np.sum(train_paths, axis=(-2, -1))))
 
 
-def _imle_model(cost_model: keras.Model, args, kappa: float) -> keras.Model:
+def _imle_model(cost_model: keras.Model, args, kappa: Optional[float]) -> keras.Model:
     """The I-MLE method: images → costs `[B, g, g]` → ImplicitMLE(shortest path) → path `[B, g, g]`.
 
     λ and its normalisation are the blackbox method's (`blackbox_epsilon`: the largest move
@@ -238,14 +246,13 @@ def _imle_model(cost_model: keras.Model, args, kappa: float) -> keras.Model:
     noisy costs c + τγ (clipped at 0, the solver's domain) and the backward pass the same
     noisy costs moved by λ·g towards the better path.
     """
-    noise = args.imle_noise
     layer = tf_perturbed.ImplicitMLE(
         "shortest_path",
         lambda_=-blackbox_epsilon(args.blackbox_lambda),
         num_samples=args.imle_samples,
         sigma=args.imle_sigma,
-        noise=noise,
-        kappa=kappa if noise == "sum_of_gamma" else None,
+        noise=args.imle_noise,
+        kappa=kappa,
         normalize="max_abs",
         seed=args.seed,
         name="shortest_path",
@@ -270,7 +277,8 @@ def normalize_costs(costs):
 def build_method(method: str, cost_model: keras.Model, args, train_paths: Optional[np.ndarray] = None):
     """(model to train, loss, key of its target in a split) for one method.
 
-    `train_paths` `[N, g, g]`, the training labels, set I-MLE's κ when `--imle-kappa` is not given.
+    `train_paths` `[N, g, g]`, the training labels, set the κ of I-MLE's sum-of-Gamma noise
+    when `--imle-kappa` is not given.
     """
     if method == "fenchel_young":
         # c + εZ can be negative: with additive noise the loss solves max(c + εZ, 0), the
@@ -294,8 +302,6 @@ def build_method(method: str, cost_model: keras.Model, args, train_paths: Option
     if method == "spo_plus":
         return cost_model, tf_perturbed.SPOPlusLoss("shortest_path", clip_to_domain=True), "costs"
     if method == "imle":
-        if args.imle_kappa is None and train_paths is None:
-            raise ValueError("Expected `train_paths` (or `--imle-kappa`) for the I-MLE method, received: None")
         return _imle_model(cost_model, args, imle_kappa(args, train_paths)), hamming_loss, "paths"
     raise ValueError(
         f"Expected `method` in {METHODS[:-1]} (the terrain classifier has its own builder, "
@@ -626,7 +632,7 @@ def export_and_serve(cost_model: keras.Model, images: np.ndarray, export_dir: pa
 FULL = {
     "num_train": 10000, "num_val": 1000, "num_test": 1000, "epochs": 12, "learning_rate": 2e-3,
     "batch_size": 35, "num_samples": 10, "sigma": 0.05, "augment": True,
-    "imle_sigma": 0.25, "imle_noise": "sum_of_gamma", "imle_samples": 1, "imle_normalize": 1,
+    "imle_sigma": 0.1, "imle_noise": "gumbel", "imle_samples": 1, "imle_normalize": 1,
 }  # fmt: skip
 QUICK = {**FULL, "num_train": 1400, "num_val": 200, "num_test": 200, "epochs": 5, "sigma": 0.1}
 
