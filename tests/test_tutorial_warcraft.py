@@ -287,3 +287,30 @@ def test_presets_and_flags_that_override_them(tmp_path):
     paper = warcraft.parse_args(["--epochs", "50", "--batch-size", "70", "--learning-rate", "5e-4", "--no-augment", *out])
     assert (paper.epochs, paper.batch_size, paper.learning_rate, paper.augment) == (50, 70, 5e-4, False)
     assert paper.num_train == 10000
+
+
+def test_sizes_runner_flags_and_report(tmp_path):
+    import warcraft_sizes  # noqa: PLC0415  (tutorials/warcraft_sizes.py)
+
+    argv = warcraft_sizes.run_argv(18, "imle", tmp_path, 0, ["--batch-size", "35", "--imle-sigma", "0"])
+    flags = dict(zip(argv[::2], argv[1::2], strict=False))
+    # The preset's flags, except the one passed on, which wins; the grid size and method of the run.
+    assert argv.count("--batch-size") == 1 and flags["--batch-size"] == "35" and flags["--num-train"] == "280"
+    assert flags["--grid-size"] == "18" and flags["--methods"] == "imle" and "--no-symmetric-views" in argv
+    # Two runs by hand: epoch times after the first, CPU ratio to squared at the same size.
+    rows = [
+        {"grid_size": 12, "method": m, "perfect_path_accuracy": p, "exact_match": 0.0, "cost_ratio": 1.1,
+         "symmetric_views": False, "val_perfect_path_accuracy": [p], "epoch_seconds": [9.0, 2.0, 4.0],
+         "epoch_cpu_seconds": [9.0, c, c], "run_seconds": 10.0, "num_train": 280, "num_test": 200, "epochs": 3,
+         "batch_size": 14, "load_average_start": [1.0], "command": "python …", "date": "2026-12-04 00:00 UTC"}
+        for m, p, c in (("squared", 0.0, 2.0), ("fenchel_young", 0.5, 3.0))
+    ]  # fmt: skip
+    summary = warcraft_sizes.summarize(rows)
+    assert [r["method"] for r in summary] == ["fenchel_young", "squared"]
+    assert summary[0]["epoch_seconds"] == 3.0 and summary[0]["cpu_ratio_to_floor"] == pytest.approx(1.5)
+    table = warcraft_sizes.markdown_table(summary)
+    assert "| 12×12 | `fenchel_young` | 0.500 ± 0.035 |" in table and "0 (< 0.015)" in table
+    page = tmp_path / "page.md"
+    page.write_text("a\n<!-- warcraft-sizes-table:begin -->\nold\n<!-- warcraft-sizes-table:end -->\nb\n")
+    assert warcraft_sizes.write_table_into_page(page, table) and warcraft_sizes.write_table_into_page(page, table)
+    assert page.read_text() == f"a\n<!-- warcraft-sizes-table:begin -->\n{table}\n<!-- warcraft-sizes-table:end -->\nb\n"
