@@ -3,32 +3,38 @@
 The solver is batched min-plus dynamic programming in TensorFlow ops, so it runs
 inside `tf.function` and compiles with XLA:
 
-1. Bellman-Ford relaxation of the whole distance map at once, with shifted views
-   of the grid padded with +inf (for king moves, a 3 × 3 box minimum taken over
-   rows then columns), inside a `tf.while_loop` that stops once a round changes
-   nothing (tested every second round; at most H·W + 1 rounds, since a path visits
-   at most H·W vertices). Batches of 128 grids or more are solved in two halves,
-   which the TensorFlow executor runs on two cores.
+1. Distances by Gauss-Seidel sweeps: a sweep relaxes the lines of the grid (rows or
+   columns) one after the other, each from the line before it, already relaxed in
+   this sweep, so a path that keeps going down (or right, left, up) is found in one
+   sweep. Sweeps go down, right, left, up, again and again, until two opposite
+   sweeps in a row change nothing (about 25 sweeps on 30 × 30 random grids, where
+   relaxing the whole grid at once took about 50 rounds). Every value is a float
+   sum of a path's costs added in path order, and the sweeps stop at the same fixed
+   point as any order of relaxations would: the smallest such sum over all paths.
 2. Plateau depths `h`: a vertex whose distance equals its closest neighbour's
    (zero or negligible cost) gets `h` = the number of such equal-distance steps to
-   a vertex with a strictly closer neighbour (usually no vertex needs any).
+   a vertex with a strictly closer neighbour. Costs that are all ≥ 4 eps Σ c leave
+   no plateau (see `_solve`), and then every depth is 0 and this step is skipped.
 3. Backtracking: each vertex's predecessor is its neighbour smallest in
    (distance, h, move order); (distance, h) strictly decreases along predecessors,
    so the walk from the bottom-right vertex is a simple path and reaches the
    top-left vertex in at most H·W − 1 steps.
 
 Distances are compared only with values produced by the same float additions, so
-the backtracking needs no tolerance. The solver is compiled with XLA even when called
-eagerly or from a `tf.function` without `jit_compile` (a nested
-`tf.function(jit_compile=True)`): its loops of small steps run about 15× slower in the
-TensorFlow executor.
+the backtracking needs no tolerance. Large batches are solved 128 grids at a time
+(their distances stay in the cache), and batches of 128 grids or more in two halves,
+which the TensorFlow executor runs on two cores. The solver is compiled with XLA even
+when called eagerly or from a `tf.function` without `jit_compile` (a nested
+`tf.function(jit_compile=True)`): its loops of small steps run about 15× slower in
+the TensorFlow executor.
 """
 
 from typing import Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
-from tf_perturbed._src.base import validate
+from tf_perturbed._src.base import tf_compat, validate
 from tf_perturbed._src.solvers import _halves
 
 # (dy, dx) offsets; their order breaks ties between equally good predecessors.
@@ -91,43 +97,104 @@ def _smallest_around(grid: tf.Tensor, moves: Moves) -> tf.Tensor:
     return _padded_min(tf.pad(grid, [[1, 1], [1, 1], [0, 0]], constant_values=float("inf")), moves)
 
 
+def _min3(padded: tf.Tensor) -> tf.Tensor:
+    """Smallest of each entry and its two neighbours along the first axis: `[L+2, B]` → `[L, B]`."""
+    return tf.minimum(tf.minimum(padded[:-2], padded[1:-1]), padded[2:])
+
+
+def _sweep(dist: tf.Tensor, costs: tf.Tensor, axis: int, cost_axis: int, reverse: bool, moves: Moves):
+    """One sweep: the lines of `dist` along `axis`, each relaxed from the line before it.
+
+    Args:
+        dist: distances `[A0, A1, B]`; line i is `dist[i]` (axis 0) or `dist[:, i]` (axis 1).
+        costs: costs `[H, W, B]`; line i is `costs[i]` (cost_axis 0) or `costs[:, i]` (1).
+        reverse: visit the lines from last to first.
+
+    Returns:
+        (the relaxed lines `[n, L, B]`, whether a distance decreased). A vertex gets
+        min(its distance, its cost + the smallest new distance among its neighbours in the
+        line before: three for king moves, one for rook moves); the first line keeps its
+        distances.
+    """
+    n, length, batch = tf.shape(dist)[axis], tf.shape(dist)[1 - axis], tf.shape(dist)[2]
+    pad = [[1, 1], [0, 0]]
+    king = tuple(moves) == _KING_MOVES
+    first, last = (n - 1, 0) if reverse else (0, n - 1)
+
+    def step(t, before, changed, lines):
+        i = n - 1 - t if reverse else t
+        # The line before i, carried in the loop state, is written and compared here
+        # rather than where it is computed: XLA then computes each line once.
+        j = i + 1 if reverse else i - 1
+        lines = lines.write(j, before[1:-1])
+        changed = tf.logical_or(changed, before[1:-1] < tf.gather(dist, j, axis=axis))  # [L, B]
+        around = _min3(before) if king else before[1:-1]  # [L, B]
+        new = tf.minimum(tf.gather(dist, i, axis=axis), around + tf.gather(costs, i, axis=cost_axis))
+        return t + 1, tf.pad(new, pad, constant_values=float("inf")), changed, lines
+
+    line = tf.pad(tf.gather(dist, first, axis=axis), pad, constant_values=float("inf"))  # [L+2, B]
+    _, line, changed, lines = tf.while_loop(
+        lambda t, *_: t < n,
+        step,
+        (1, line, tf.zeros([length, batch], tf.bool), tf.TensorArray(dist.dtype, size=n)),
+    )
+    changed = tf.logical_or(changed, line[1:-1] < tf.gather(dist, last, axis=axis))
+    lines = lines.write(last, line[1:-1])
+    return tf.reshape(lines.stack(), [n, length, batch]), tf.reduce_any(changed)
+
+
 def _distances(costs: tf.Tensor, moves: Moves) -> tf.Tensor:
-    """Bellman-Ford: cost of the cheapest path from (0, 0) to every vertex, ends included.
+    """Cost of the cheapest path from (0, 0) to every vertex, ends included.
 
     Args:
         costs: `[H, W, B]`, finite and ≥ 0.
 
     Returns:
-        Distances `[H, W, B]`. At convergence every vertex but the source satisfies
+        Distances `[H, W, B]`: every vertex but the source satisfies
         `dist = min_neighbour(dist) + cost` in float arithmetic.
+
+    Sweeps go down, right, left, up (rows top to bottom, columns left to right, ...),
+    and stop once right and left, or up and the next down, change nothing. Such a pair
+    relaxes every move but those along the other lines: right and left never relax a
+    move from the vertex above or below, up and down none from the left or right. These
+    hold as well. Say right and left changed nothing after a down sweep, and u is below
+    v: the last up sweep relaxed u → v; if the down sweep lowered u since, u got
+    dist(w) + c_u from a vertex w of v's row next to u, v itself or a neighbour of v in
+    its row, whose move to v right and left found relaxed: dist(v) ≤ dist(w) + c_v ≤
+    (dist(w) + c_u) + c_v (floats round monotonically). The down sweep relaxed the move
+    from the vertex above v after its last change; up and the next down are the same
+    turned by 90°, and rook moves have w = v. The loop is bounded: a cycle does at least
+    what a round of Bellman-Ford does.
     """
     h, w = tf.shape(costs)[0], tf.shape(costs)[1]
-    inf = tf.constant(float("inf"), costs.dtype)
-    border = [[1, 1], [1, 1], [0, 0]]
     source = tf.reshape(tf.range(h * w) == 0, [h, w, 1])  # [H, W, 1]
-    dist = tf.pad(tf.where(source, costs, inf), border, constant_values=inf)  # [H+2, W+2, B]
+    dist = tf.where(source, costs, tf.constant(float("inf"), costs.dtype))  # [H, W, B]
+    true, false = tf.constant(True), tf.constant(False)
 
-    def relax(padded):
-        """One round on the padded distances: (new padded distances, candidates, old)."""
-        candidate = _padded_min(padded, moves) + costs  # [H, W, B]
-        old = padded[1:-1, 1:-1]  # [H, W, B]
-        return tf.pad(tf.minimum(old, candidate), border, constant_values=inf), candidate, old
+    def cycle(dist, up_unchanged, done):
+        del done
+        down, changed = _sweep(dist, costs, 0, 0, False, moves)  # [H, W, B]
 
-    def two_rounds(padded, changed):
-        # Extra rounds after convergence change nothing, so only every second round is
-        # tested (the test and its reduction cost about as much as a round). The
-        # distances stay padded with +inf so that no round pads a copy of them.
-        del changed
-        padded, candidate, old = relax(relax(padded)[0])
-        return padded, tf.reduce_any(candidate < old)
+        def across():
+            right, changed_r = _sweep(down, costs, 1, 1, False, moves)  # [W, H, B]
+            left, changed_l = _sweep(right, costs, 0, 1, True, moves)  # [W, H, B]
 
-    dist, _ = tf.while_loop(
-        lambda padded, changed: changed,
-        two_rounds,
-        (dist, tf.constant(True)),
-        maximum_iterations=(h * w + 1) // 2,
+            def up():
+                up_, changed_u = _sweep(left, costs, 1, 0, True, moves)  # [H, W, B]
+                return up_, tf.logical_not(changed_u), false
+
+            return tf.cond(tf.logical_or(changed_r, changed_l), up, lambda: (down, true, true))
+
+        settled = tf.logical_and(up_unchanged, tf.logical_not(changed))  # up, then down: no change
+        return tf.cond(settled, lambda: (down, true, true), across)
+
+    dist, _, _ = tf.while_loop(
+        lambda dist, up_unchanged, done: tf.logical_not(done),
+        cycle,
+        (dist, false, false),
+        maximum_iterations=h * w + 1,
     )
-    return dist[1:-1, 1:-1]  # [H, W, B]
+    return dist
 
 
 def _plateau_depths(dist: tf.Tensor, moves: Moves) -> tf.Tensor:
@@ -164,6 +231,16 @@ def _plateau_depths(dist: tf.Tensor, moves: Moves) -> tf.Tensor:
         maximum_iterations=h * w,
     )
     return depth
+
+
+def _closest_neighbours(dist: tf.Tensor, moves: Moves) -> tf.Tensor:
+    """`_predecessors` when every depth is 0: the first move to a neighbour of smallest distance."""
+    dist_around = _neighbours(dist, moves, float("inf"))
+    best_dist, best = dist_around[0], tf.zeros(tf.shape(dist), tf.int32)
+    for k in range(1, len(moves)):
+        best = tf.where(dist_around[k] < best_dist, k, best)
+        best_dist = tf.minimum(best_dist, dist_around[k])
+    return best
 
 
 def _predecessors(dist: tf.Tensor, depth: tf.Tensor, moves: Moves) -> tf.Tensor:
@@ -213,18 +290,77 @@ def _backtrack(previous: tf.Tensor, moves: Moves, dtype: tf.DType) -> tf.Tensor:
     return tf.reshape(mask, [batch, h, w])  # [B, H, W]
 
 
-@tf.function(jit_compile=True, autograph=False)
-def _solve(grids: tf.Tensor, moves: Moves) -> tf.Tensor:
-    """0/1 masks `[B, H, W]` of shortest paths on grids `[B, H, W]` of costs ≥ 0."""
+def _solve_chunk(grids: tf.Tensor, valid: tf.Tensor, plateau_free: tf.Tensor, moves: Moves) -> tf.Tensor:
+    """0/1 masks `[B, H, W]` of shortest paths on grids `[B, H, W]`.
+
+    Args:
+        valid: bool `[B]`; the grids that are not are solved with unit costs, so that every
+            loop stays bounded.
+        plateau_free: a bool scalar, true when no grid has a plateau (every depth is 0).
+    """
+    grids = tf.where(valid[:, None, None], grids, tf.ones_like(grids))
     grids = tf.transpose(grids, [1, 2, 0])  # [H, W, B]: the batch is the contiguous axis
     dist = _distances(grids, moves)  # [H, W, B]
-    depth = _plateau_depths(dist, moves)  # [H, W, B]
-    previous = _predecessors(dist, depth, moves)  # [H, W, B]
+    previous = tf.cond(
+        plateau_free,
+        lambda: _closest_neighbours(dist, moves),
+        lambda: _predecessors(dist, _plateau_depths(dist, moves), moves),
+    )  # [H, W, B]
     return _backtrack(previous, moves, grids.dtype)  # [B, H, W]
 
 
-# Batches of at least this many grids are solved in two halves: the relaxation rounds are
-# element-wise work over the whole batch, which one compiled program runs on one core.
+# Grids solved per loop: the sweeps' arrays of 128 grids of 30 × 30 mostly stay in the
+# cache, and fewer grids pay the loops' per-step overhead more often (64, 96 and 256 were
+# slower at 30 × 30, 112 alike, on the 2-core machine of benchmarks/results/solvers.md).
+_CHUNK = 128
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _solve(grids: tf.Tensor, moves: Moves) -> tf.Tensor:
+    """0/1 masks `[B, H, W]` of shortest paths on grids `[B, H, W]`; NaN masks for grids
+    with a negative or non-finite cost (solved with unit costs, so that every loop stays
+    bounded).
+
+    A grid has no plateau when every cost c_v ≥ 4 eps Σ c > 0: a vertex's distance is
+    fl(m + c_v) with m its closest neighbour's distance, m < every distance ≤ 2 Σ c (a
+    simple path's float sum, with room for the rounding of Σ c), and fl(m + c_v) > m once
+    c_v ≥ ulp(m), which c_v ≥ eps · 2 Σ c ensures.
+    """
+    smallest = tf.reduce_min(grids, axis=[1, 2])  # [B]
+    total = tf.reduce_sum(grids, axis=[1, 2])  # [B], NaN if a cost is NaN
+    valid = tf.logical_and(smallest >= 0, tf.reduce_max(grids, axis=[1, 2]) < float("inf"))
+    valid = tf.logical_and(valid, tf.logical_not(tf.math.is_nan(total)))  # [B]
+    eps = np.finfo(grids.dtype.as_numpy_dtype).eps
+    h, w = tf.shape(grids)[1], tf.shape(grids)[2]
+    few_terms = tf.cast(h * w, grids.dtype) * eps <= 0.25  # Σ c rounded by less than 1/8
+    plateau_free = tf.logical_or(
+        tf.logical_not(valid),  # unit costs
+        tf.logical_and(few_terms, tf.logical_and(smallest > 0, smallest >= 4 * eps * total)),
+    )  # [B]
+    batch = grids.shape[0]
+    chunks = 0 if batch is None or batch < 2 * _CHUNK else batch // _CHUNK
+    masks = []
+    if chunks:
+        size = chunks * _CHUNK
+        solved = tf.map_fn(
+            lambda chunk: _solve_chunk(*chunk, moves),
+            (
+                tf.reshape(grids[:size], [chunks, _CHUNK, h, w]),
+                tf.reshape(valid[:size], [chunks, _CHUNK]),
+                tf.reduce_all(tf.reshape(plateau_free[:size], [chunks, _CHUNK]), axis=1),
+            ),
+            fn_output_signature=grids.dtype,
+        )  # [chunks, CHUNK, H, W]
+        masks.append(tf.reshape(solved, [size, h, w]))
+    if not chunks or batch % _CHUNK:
+        rest = chunks * _CHUNK
+        masks.append(_solve_chunk(grids[rest:], valid[rest:], tf.reduce_all(plateau_free[rest:]), moves))
+    masks = tf.concat(masks, 0) if len(masks) > 1 else masks[0]  # [B, H, W]
+    return tf.where(valid[:, None, None], masks, tf.constant(float("nan"), masks.dtype))
+
+
+# Batches of at least this many grids are solved in two halves: the sweeps are element-wise
+# work over the batch, which one compiled program runs on one core.
 _SPLIT_BATCH = 128
 _solve_batch = _halves.in_two_halves(_solve, _SPLIT_BATCH)  # [B, H, W], moves → [B, H, W]
 
@@ -241,7 +377,7 @@ def shortest_path(costs: tf.Tensor, neighbourhood: int = 8) -> tf.Tensor:
     Formula:
         y*(c) = argmin_{y ∈ P} ⟨y, c⟩, P = masks of paths (0, 0) → (H−1, W−1)
         dist(v) = c_v + min_{u ∈ N(v)} dist(u),  dist(0, 0) = c_00
-        (Bellman-Ford to convergence, then backtracking from (H−1, W−1))
+        (relaxation sweeps to convergence, then backtracking from (H−1, W−1))
 
     Args:
         costs: vertex costs `[..., H, W]`, finite and ≥ 0, any float or integer dtype;
@@ -282,21 +418,25 @@ def shortest_path(costs: tf.Tensor, neighbourhood: int = 8) -> tf.Tensor:
     shape = tf.shape(costs)
     h, w = shape[-2], shape[-1]
     grids = tf.reshape(costs, [-1, h, w])  # [B, H, W]
-    valid = tf.reduce_all(tf.logical_and(grids >= 0, tf.math.is_finite(grids)), axis=[1, 2])  # [B]
-    tf.debugging.Assert(
-        tf.reduce_all(valid),
-        [
-            "Expected `costs` finite and ≥ 0 (negative costs make shortest paths "
-            "undefined), received: costs with a negative, NaN or infinite entry; "
-            "min(costs) =",
-            tf.reduce_min(grids),
-        ],
-    )
-    # Invalid grids (reachable only under XLA, which drops the assertion) are solved
-    # with zero costs, so every loop stays bounded, and their masks become NaN.
-    grids = tf.where(valid[:, None, None], grids, tf.zeros_like(grids))
     # No gradient flows through a solver; stop_gradient also keeps tapes from recording
     # the compiled loop (whose TensorLists cannot cross the XLA boundary).
-    mask = _solve_batch(tf.stop_gradient(grids), moves)  # [B, H, W]
-    mask = tf.where(valid[:, None, None], mask, tf.constant(float("nan"), mask.dtype))
+    # Inside XLA the halves would run one after the other: one call saves splitting.
+    solve = _solve if tf_compat.in_xla_context() else _solve_batch
+    mask = solve(tf.stop_gradient(grids), moves)  # [B, H, W], NaN for a bad grid
+    # Every path holds the top-left vertex: 1 there, NaN for a grid with a bad cost.
+    valid = tf.reduce_all(tf.math.is_finite(mask[:, 0, 0]))
+
+    def report():
+        tf.debugging.Assert(
+            valid,
+            [
+                "Expected `costs` finite and ≥ 0 (negative costs make shortest paths "
+                "undefined), received: costs with a negative, NaN or infinite entry; "
+                "min(costs) =",
+                tf.reduce_min(grids),
+            ],
+        )
+        return mask
+
+    mask = tf.cond(valid, lambda: mask, report)
     return tf.cast(tf.reshape(mask, shape), dtype)  # [..., H, W]
