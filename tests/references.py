@@ -41,10 +41,14 @@ def permutations(n: int) -> np.ndarray:
     return np.array(list(itertools.permutations(range(n))), dtype=np.int64).reshape(-1, n)
 
 
-def selections(weights, capacity: int) -> np.ndarray:
-    """Every 0/1 selection of the items whose total weight is ≤ capacity: [V, n]."""
-    chosen = np.array(list(itertools.product([0.0, 1.0], repeat=len(weights))))
-    return chosen[chosen @ np.array(weights, float) <= capacity]
+def selections(weights, capacity) -> np.ndarray:
+    """Every 0/1 selection of the items whose total weight is ≤ capacity: [V, n].
+
+    weights `[n]` and a capacity, or `[k, n]` and k capacities (every resource within its own).
+    """
+    table = np.atleast_2d(np.array(weights, float))  # [k, n]
+    chosen = np.array(list(itertools.product([0.0, 1.0], repeat=table.shape[1])))
+    return chosen[np.all(chosen @ table.T <= np.atleast_1d(capacity), axis=-1)]
 
 
 def graph_distances(costs: np.ndarray, senders, receivers, source: int, target=None) -> np.ndarray:

@@ -43,6 +43,7 @@ SOLVERS = {
     "graph_shortest_path",
     "grid_graph_edges",
     "knapsack",
+    "milp",
     "numpy_solver",
     "ranks",
     "register_solver",

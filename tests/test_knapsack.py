@@ -51,10 +51,67 @@ def test_larger_capacities_agree_with_a_float64_numpy_recursion():
         np.testing.assert_allclose((chosen * row).sum(), table[-1], rtol=1e-12)
 
 
+@pytest.mark.parametrize("resources", [2, 3])
+def test_several_resources_optimal_on_random_instances_with_ties(resources):
+    # 30 random (weights [k, n], capacities [k]) × 64 problems against brute force over the
+    # 2^n selections; integer values (ties, zeros, negatives) on every other trial; eager,
+    # and under XLA the same selections.
+    rng = np.random.default_rng(resources)
+    solve_xla = tf.function(tp.solvers.knapsack, jit_compile=True, reduce_retracing=True)
+    for trial in range(30):
+        n = int(rng.integers(1, 9))
+        weights = [[int(w) for w in rng.integers(0, 6, n)] for _ in range(resources)]
+        capacity = [int(c) for c in rng.integers(0, 2 * n + 2, resources)]
+        values = rng.integers(-2, 4, (64, n)) if trial % 2 else rng.normal(size=(64, n))
+        values = values.astype(np.float64)
+        y = tp.solvers.knapsack(tf.constant(values), weights, capacity).numpy()
+        assert np.isin(y, [0.0, 1.0]).all()
+        assert np.all(y @ np.array(weights).T <= np.array(capacity)), (weights, capacity)
+        np.testing.assert_allclose((y * values).sum(-1), _brute_force(values, weights, capacity), rtol=0, atol=1e-12)
+        assert not np.any(y[values <= 0])
+        np.testing.assert_array_equal(solve_xla(tf.constant(values), weights, capacity).numpy(), y)
+
+
+def test_one_resource_as_a_table_is_the_plain_knapsack():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(200, 7)).astype(np.float32)
+    weights = [int(w) for w in rng.integers(0, 6, 7)]
+    plain = tp.solvers.knapsack(tf.constant(values), weights, 9).numpy()
+    np.testing.assert_array_equal(tp.solvers.knapsack(tf.constant(values), [weights], [9]).numpy(), plain)
+
+
+def test_several_resources_in_the_fenchel_young_loss_save_and_load(tmp_path):
+    weights, capacity = [[3, 1, 4, 1, 5], [2, 6, 1, 1, 3]], [7, 6]
+    loss = tp.FenchelYoungLoss("knapsack", weights=weights, capacity=capacity, num_samples=4, seed=0)
+    config = json.loads(json.dumps(loss.get_config()))
+    assert config["solver_kwargs"] == {"weights": weights, "capacity": capacity}
+    scores = tf.constant(np.random.default_rng(0).normal(size=(8, 5)), tf.float32)
+    y = tp.solvers.knapsack(scores, weights, capacity)
+    value = loss(y, scores)
+    assert np.isfinite(value.numpy())
+    np.testing.assert_allclose(tp.FenchelYoungLoss.from_config(config)(y, scores).numpy(), value.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "weights, capacity, match",
+    [([[1, 2], [1]], [2, 2], r"rows of one length.*weights=\[\[1, 2\], \[1\]\]"),
+     ([[1, 2], [1, 1]], 2, r"2 integers ≥ 0, one per row.*capacity=2"),
+     ([[1, 2], [1, 1]], [2], r"2 integers ≥ 0, one per row.*capacity=\[2\]"),
+     ([[1, 2], [1, -1]], [2, 2], r"integers ≥ 0.*weights=\[\[1, 2\], \[1, -1\]\]"),
+     ([[1, 2], [1, 1]], [2, -1], "capacity=-1"),
+     ([[1, 2], [1, 1]], [2**15, 2**15], r"at most 1073741824 entries.*capacity=\[32768, 32768\]")],
+)
+def test_bad_tables_of_weights_or_capacities_are_named(weights, capacity, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        tp.solvers.knapsack(tf.ones([2]), weights, capacity)
+    with pytest.raises((ValueError, TypeError), match=match):
+        tp.FenchelYoungLoss("knapsack", weights=weights, capacity=capacity)
+
+
 @pytest.mark.parametrize(
     "weights, capacity, error, match",
-    [([1, -1], 2, ValueError, r"weights=\(1, -1\)"), ([1.5, 1], 2, ValueError, r"weights=\(1\.5, 1\)"),
-     ([True, 1], 2, ValueError, "weights="), ([], 2, ValueError, r"weights=\(\)"), ("ab", 2, TypeError, "weights='ab'"),
+    [([1, -1], 2, ValueError, r"weights=\[1, -1\]"), ([1.5, 1], 2, ValueError, r"weights=\[1\.5, 1\]"),
+     ([True, 1], 2, ValueError, "weights="), ([], 2, ValueError, r"weights=\[\]"), ("ab", 2, TypeError, "weights='ab'"),
      (3, 2, TypeError, "weights=3"), ([1, 2], -1, ValueError, "capacity=-1"), ([1, 2], 2.0, TypeError, "capacity=2.0")],
 )
 def test_bad_weights_or_capacity_are_named(weights, capacity, error, match):
@@ -65,7 +122,7 @@ def test_bad_weights_or_capacity_are_named(weights, capacity, error, match):
 
 
 def test_values_of_another_length_than_the_weights_are_named():
-    with pytest.raises(ValueError, match=r"len\(weights\) = 3.*values\.shape=\(2, 4\)"):
+    with pytest.raises(ValueError, match=r"3 \(the weights' items\).*values\.shape=\(2, 4\)"):
         tp.solvers.knapsack(tf.ones([2, 4]), [1, 2, 3], 4)
 
 

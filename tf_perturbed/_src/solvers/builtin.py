@@ -19,7 +19,9 @@ def _check_top_k(params: dict) -> dict:
 
 def _check_knapsack(params: dict) -> dict:
     weights, capacity = knapsack_lib.check_arguments(params["weights"], params["capacity"])
-    return {"weights": list(weights), "capacity": capacity}  # a list: the form a JSON config holds
+    if isinstance(capacity, int):  # one resource
+        return {"weights": list(weights), "capacity": capacity}  # a list: the form a JSON config holds
+    return {"weights": [list(row) for row in weights], "capacity": list(capacity)}
 
 
 def _check_graph_shortest_path(params: dict) -> dict:

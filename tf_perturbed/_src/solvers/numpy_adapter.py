@@ -111,6 +111,21 @@ def numpy_solver(
         y = tf.reshape(y, tf.concat([batch_shape, out_event], 0))  # [*batch, *out]
         return tf.cast(y, dtype)
 
+    return host_solver(solve, label=label, name=name, event_ndims=event_ndims, maximize=maximize,
+                       output_shape=output_shape)
+
+
+def host_solver(
+    solve: Callable[[tf.Tensor], tf.Tensor],
+    *,
+    label: str,
+    name: Optional[str],
+    event_ndims: int,
+    maximize: bool,
+    output_shape: ShapeLike = None,
+) -> registry.Solver:
+    """A `Solver` (registered under `name` when given) for a TF function that calls host code."""
+
     def full_output_shape(shape: tuple) -> tuple:
         batch, event = tuple(shape[: len(shape) - event_ndims]), tuple(shape[len(shape) - event_ndims :])
         return batch + _out_event_shape(output_shape, event)
