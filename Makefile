@@ -34,7 +34,7 @@ test: lint
 	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(VENV)/.installed
-	$(BIN)/python tutorials/warcraft.py --quick --methods fenchel_young --output-dir outputs/demo
+	$(BIN)/python -m tutorials.warcraft --quick --methods fenchel_young --output-dir outputs/demo
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/perturbed_ops.py

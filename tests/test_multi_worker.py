@@ -1,4 +1,4 @@
-"""Multi-worker training as users run it: `tutorials/multi_worker.py` on real processes on loopback.
+"""Multi-worker training as users run it: `python -m tutorials.multi_worker` on real processes on loopback.
 
 The example is the documented recipe (`tf_perturbed.distribute`): each worker, with
 its `TF_CONFIG`, calls `tp.distribute.patch_keras_fit()` and trains a model with a
@@ -34,9 +34,9 @@ import time
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tutorials"))
-import multi_worker  # noqa: E402
+from tutorials import multi_worker
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]  # the workers run `-m tutorials.multi_worker` from here
 
 EPOCHS = 5
 ARGS = ["--quick", "--epochs", str(EPOCHS), "--verbose", "0"]
@@ -57,9 +57,9 @@ def _start(strategy, out, extra=()):
     """One process of the example on one machine (`--strategy mirrored|none`)."""
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / f"{strategy}.log", "w")  # noqa: SIM115  (closed with the process)
-    cmd = [sys.executable, str(ROOT / "tutorials" / "multi_worker.py"), *ARGS, "--strategy", strategy,
+    cmd = [sys.executable, "-m", "tutorials.multi_worker", *ARGS, "--strategy", strategy,
            "--output-dir", str(out), *extra]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _read(out, name):

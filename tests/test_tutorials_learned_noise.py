@@ -10,8 +10,6 @@ cores (most of it tracing the training steps of the five small models).
 """
 
 import json
-import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -19,12 +17,7 @@ import tensorflow as tf
 from scipy.optimize import linear_sum_assignment
 
 import tf_perturbed
-
-TUTORIALS = pathlib.Path(__file__).resolve().parents[1] / "tutorials"
-sys.path.insert(0, str(TUTORIALS))
-
-import knn  # noqa: E402
-import sorting_numbers  # noqa: E402
+from tutorials import knn, sorting_numbers
 
 
 def _random_permutations(rng, num: int, d: int) -> np.ndarray:

@@ -1,19 +1,17 @@
-"""Tests of the Warcraft-style map generator and loader (tutorials/warcraft_data.py).
+"""Tests of the Warcraft-style map generator and loader (`tutorials.warcraft_data`).
 
 Runtime: about 9 s of tests on 2 shared CPU cores (load average 2.5–4), most of it tracing
 and running the package's shortest-path solver on 60 maps, plus importing TensorFlow.
 """
 
 import pathlib
-import sys
 
 import numpy as np
 import pytest
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tutorials"))
-import warcraft_data  # noqa: E402
+from tutorials import warcraft_data
 
 MOVES = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
 

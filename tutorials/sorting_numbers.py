@@ -53,29 +53,29 @@ misplaced elements), as mean and std over `--repetitions` trainings (row keys
 training on a single sequence, over 200 repetitions; a test set of many
 sequences per repetition measures the same rate with far less variance.
 
-Run:  python tutorials/sorting_numbers.py --quick
+Run:  python -m tutorials.sorting_numbers --quick
 """
 
 import dataclasses
-import pathlib
-import sys
 from typing import Callable, Optional
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import keras
+import numpy as np
+import tensorflow as tf
 
-import common  # noqa: E402  (tutorials/common.py)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import tf_perturbed
 
-import tf_perturbed  # noqa: E402
+# `[B, ...]` → `[B, M, ...]`: M copies of each example, one noise draw each (to become
+# `tf_perturbed.RepeatSamples` when the package exports it).
+from tf_perturbed._src.layers.samples import RepeatSamples
+from tutorials import shared
 
 NAME = "sorting_numbers"
 METHODS = ("direct_sigma0", "direct_sigma1", "direct_learned", "gumbel_sinkhorn", "fenchel_young")
 HIDDEN_UNITS = 32
 QUICK = dict(dims=[5, 10, 25], repetitions=2, num_train=400, num_test=500, epochs=5)
 # The full preset trains 8 epochs and adds the long sequences; a step costs more as d
-# grows (d = 40, all five methods: 10 minutes on 2 shared cores; see tutorials/README.md).
+# grows (d = 40, all five methods: 10 minutes on 2 shared cores; docs/tutorials/sorting_numbers.md).
 # Indelman et al. train up to 2,000 epochs, 200 times.
 FULL = dict(dims=[5, 10, 25, 40, 60, 100], repetitions=2, num_train=400, num_test=500, epochs=8)
 METRICS = ("perfect_sort_rate", "prop_wrong")
@@ -165,24 +165,6 @@ class ReorderSortingLoss(keras.losses.Loss):
 
 
 # ------------------------------------------------------------------------ layers
-
-
-@keras.saving.register_keras_serializable(package="tutorials")
-class RepeatSamples(keras.layers.Layer):
-    """`[B, ...]` → `[B, M, ...]`: M copies of each example, one per noise draw."""
-
-    def __init__(self, num_samples: int, **kwargs):
-        super().__init__(**kwargs)
-        self.num_samples = int(num_samples)
-
-    def call(self, inputs):
-        return tf.repeat(inputs[:, None], self.num_samples, axis=1)  # [B, M, ...]
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_samples, *input_shape[1:])
-
-    def get_config(self):
-        return {**super().get_config(), "num_samples": self.num_samples}
 
 
 def log_sinkhorn(log_alpha, iterations: int):
@@ -395,7 +377,7 @@ def _hard_assignment(theta):
 
 
 def _add_arguments(parser) -> None:
-    parser.add_argument("--dims", type=common.int_list, default=None, help="sequence lengths d (quick 5,10,25; else also 40,60,100)")
+    parser.add_argument("--dims", type=shared.int_list, default=None, help="sequence lengths d (quick 5,10,25; else also 40,60,100)")
     parser.add_argument("--repetitions", type=int, default=None, help="trainings per (method, d) (2)")
     parser.add_argument("--num-train", type=int, default=None, help="training sequences (400)")
     parser.add_argument("--num-test", type=int, default=None, help="test sequences per repetition (500)")
@@ -432,8 +414,8 @@ def summarise(runs: list) -> dict:
 
 
 def main(argv=None) -> dict:
-    timer = common.Timer()
-    args = common.parse_args(
+    timer = shared.Timer()
+    args = shared.parse_args(
         NAME,
         argv,
         METHODS,
@@ -454,7 +436,7 @@ def main(argv=None) -> dict:
         for name in args.methods:
             method = METHODS[name]
             keras.utils.set_random_seed(args.seed)
-            fit_timer = common.Timer()
+            fit_timer = shared.Timer()
             trainer = Trainer(method, d, args)
             runs = []
             for x_train, x_test in data:
@@ -496,7 +478,7 @@ def main(argv=None) -> dict:
     if sigma_curves:
         figures.append("learned_sigma.png")
         plot_sigma(sigma_curves, args.output_dir / figures[1])
-    payload = common.write_metrics(
+    payload = shared.write_metrics(
         args.output_dir,
         results,
         args.command,
@@ -507,7 +489,7 @@ def main(argv=None) -> dict:
         },
         figures=figures,
     )
-    common.print_table(
+    shared.print_table(
         results,
         ["method", "d", "perfect_sort_rate_mean", "perfect_sort_rate_std", "prop_wrong_mean", "prop_wrong_std"],
     )
@@ -517,7 +499,7 @@ def main(argv=None) -> dict:
 
 def plot_metrics(results: list, path) -> None:
     """Perfect-sort rate and share of misplaced elements against d, one line per method (± std)."""
-    fig, axes = common.figure(1, len(METRICS))
+    fig, axes = shared.figure(1, len(METRICS))
     dims = sorted({row["d"] for row in results})
     markers = dict(zip(METHODS, "osD^v"))
     for ax, metric in zip(axes[0], METRICS):
@@ -540,16 +522,16 @@ def plot_metrics(results: list, path) -> None:
         ax.grid(alpha=0.3)
     axes[0, 0].legend()
     fig.suptitle("Sorting numbers (Mena et al. protocol; Indelman et al. §5.1)")
-    common.save_figure(fig, path)
+    shared.save_figure(fig, path)
 
 
 def plot_sigma(curves: dict, path) -> None:
     """The learned σ (batch mean, averaged over repetitions) after every epoch, per d."""
-    fig, axes = common.figure()
-    common.plot_curves(axes[0, 0], curves, ylabel="learned σ (mean over the epoch)")
+    fig, axes = shared.figure()
+    shared.plot_curves(axes[0, 0], curves, ylabel="learned σ (mean over the epoch)")
     axes[0, 0].legend()
     axes[0, 0].set_title("direct_learned: σ(x) over training")
-    common.save_figure(fig, path)
+    shared.save_figure(fig, path)
 
 
 if __name__ == "__main__":

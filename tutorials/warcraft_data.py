@@ -27,7 +27,7 @@ costs on it), computed by `tf_perturbed.solvers.shortest_path(costs, neighbourho
 given `original_dir`, reads the original files `{split}_maps.npy`,
 `{split}_shortest_paths.npy` and `{split}_vertex_weights.npy`.
 
-Command line: `python tutorials/warcraft_data.py --grid-size 12 --data-dir DIR` generates,
+Command line: `python -m tutorials.warcraft_data --grid-size 12 --data-dir DIR` generates,
 caches and times the default 10,000 / 1,000 / 1,000 split.
 """
 

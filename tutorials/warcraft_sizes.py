@@ -1,30 +1,24 @@
 """Warcraft at every size: five methods on maps of 12×12 to 30×30 vertices, one table, one figure.
 
-Vlastelica et al. (2019) made Warcraft maps of 12×12, 18×18, 24×24 and 30×30 vertices (8
-pixels per vertex: 96 to 240 pixels a side); `warcraft_data` generates the stand-in at each
-size and `warcraft.build_cost_model` pools the network's 2g×2g feature map onto the g×g grid
-at any of them. This runner trains `tutorials/warcraft.py` with each method at each size under
-one budget, the `SIZES` preset: the same number of maps, epochs and steps at every size, so
-that only the map grows. Each (size, method) run is `warcraft.main` with the preset's flags
-(any other flag of `warcraft.py` given here is passed on and overrides it); its metrics row,
-with the per-epoch wall and CPU seconds, is appended to OUTPUT_DIR/runs.jsonl as the run
-ends (`--resume` skips the runs already there, so an interrupted grid can be finished).
+Trains `tutorials.warcraft` with each method at each size (8 pixels per vertex: images of 96
+to 240 pixels a side) under one budget, the `PRESET`: the same maps, epochs and steps at every
+size, so that only the map grows. Each (size, method) run is `warcraft.main` with the preset's
+flags (any other flag of `tutorials.warcraft` given here is passed on and overrides it); its
+metrics row, with the per-epoch wall and CPU seconds, is appended to OUTPUT_DIR/runs.jsonl as
+the run ends (`--resume` skips the runs already there, so an interrupted grid can be finished).
 
-The preset (`SIZES`): 280 training maps, 5 epochs in batches of 14 (100 steps), 50
-validation and 200 test maps, test metrics on the network's own costs (single view, the
-paper's protocol; the 8 symmetric views cost 8 forward passes per test map, which the budget
-did not allow at 30×30). Everything else is `warcraft.py`'s default (the full preset's
-ε = 0.05, M = 10 for Fenchel-Young; λ = 20/70 for blackbox and I-MLE; augmentation on). It
-was sized to run the 20 runs in about 40 minutes on 2 CPU cores shared with other jobs
-(docs/notes/2026-12-04-warcraft-sizes.md).
+The preset: 280 training maps, 5 epochs in batches of 14 (100 steps), 50 validation and 200
+test maps, test metrics on the network's own costs (single view), no export; everything else
+is `tutorials.warcraft`'s default.
 
 Outputs in `--output-dir` (default outputs/warcraft_sizes): runs.jsonl, one folder per run
-(`warcraft.py`'s metrics.json and figures), and from all rows: results.json (machine, command,
-one summary row per run), table.md and sizes.png (perfect paths, cost ratio and seconds per
-epoch against the size). `--publish` also writes docs/warcraft_sizes.json,
-docs/warcraft_sizes.png and the table between the markers of docs/warcraft_sizes.md.
+(its metrics.json and figures), and from all rows: results.json (machine, command, one summary
+row per run), table.md and sizes.png (perfect paths, cost ratio and seconds per epoch against
+the size). `--publish` also writes them into the page docs/tutorials/warcraft_sizes.md (the
+table between its markers), docs/tutorials/figures/warcraft_sizes.png and
+docs/tutorials/results/warcraft_sizes.json.
 
-Run: `python tutorials/warcraft_sizes.py` (all 20 runs), `--sizes 12 --methods imle` (a part),
+Run: `python -m tutorials.warcraft_sizes` (all 20 runs), `--sizes 12 --methods imle` (a part),
 `--report` (rebuild the outputs from runs.jsonl without training).
 """
 
@@ -39,11 +33,10 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import matplotlib.ticker
+import numpy as np
 
-import common  # noqa: E402  (tutorials/common.py: figures, versions)
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
+from tutorials import shared
 
 SIZES = (12, 18, 24, 30)
 METHODS = ("fenchel_young", "spo_plus", "imle", "blackbox", "squared")
@@ -52,7 +45,13 @@ PRESET = {
 }  # fmt: skip
 PRESET_FLAGS = ("--no-symmetric-views", "--no-export")
 REPO = pathlib.Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs"
+PAGES = REPO / "docs" / "tutorials"
+# Where --publish writes: the page (its table between the markers), its figure and the raw results.
+PUBLISHED = {
+    "page": PAGES / "warcraft_sizes.md",
+    "figure": PAGES / "figures" / "warcraft_sizes.png",
+    "json": PAGES / "results" / "warcraft_sizes.json",
+}
 PAGE_MARKER = "warcraft-sizes-table"
 FLOOR = "squared"  # no solver in its training step: the other methods' time is given against it
 
@@ -106,7 +105,8 @@ def train_all(args, extra: Sequence[str], command: str) -> None:
     The runner's command lines are appended to OUTPUT_DIR/commands.txt (one per start).
     """
     import keras  # noqa: PLC0415  (not needed by --report)
-    import warcraft  # noqa: PLC0415
+
+    from tutorials import warcraft  # noqa: PLC0415
 
     runs, commands = args.output_dir / "runs.jsonl", args.output_dir / "commands.txt"
     if not args.resume:
@@ -204,7 +204,7 @@ def markdown_table(summary: List[dict]) -> str:
 
 def plot_sizes(summary: List[dict], path: pathlib.Path) -> None:
     """Perfect paths, cost ratio − 1 and CPU seconds per epoch against the grid size, per method."""
-    fig, axes = common.figure(1, 3, width=3.6, height=3.0)
+    fig, axes = shared.figure(1, 3, width=3.6, height=3.0)
     panels = (
         ("perfect_path_accuracy", "perfect-path accuracy (test)", "linear"),
         ("cost_ratio", "cost ratio to the optimum − 1", "log"),
@@ -237,7 +237,7 @@ def plot_sizes(summary: List[dict], path: pathlib.Path) -> None:
 
 
 def machine() -> dict:
-    facts = common.versions()
+    facts = shared.versions()
     facts.update(cpu=cpu_model(), interpreter=sys.executable)
     return facts
 
@@ -274,28 +274,28 @@ def report(args, command: str) -> dict:
     table = markdown_table(summary)
     outputs = [(args.output_dir / "results.json", args.output_dir / "table.md", args.output_dir / "sizes.png")]
     if args.publish:
-        outputs.append((DOCS / "warcraft_sizes.json", None, DOCS / "warcraft_sizes.png"))
+        outputs.append((PUBLISHED["json"], None, PUBLISHED["figure"]))
     for json_path, table_path, figure_path in outputs:
         json_path.write_text(json.dumps(payload, indent=2, default=_plain) + "\n", encoding="utf-8")
         if table_path is not None:
             table_path.write_text(table + "\n", encoding="utf-8")
         plot_sizes(summary, figure_path)
-    if args.publish and not write_table_into_page(DOCS / "warcraft_sizes.md", table):
-        print(f"docs/warcraft_sizes.md has no {PAGE_MARKER} markers: table not written there")
+    if args.publish and not write_table_into_page(PUBLISHED["page"], table):
+        print(f"{PUBLISHED['page']} has no {PAGE_MARKER} markers: table not written there")
     print(table)
     print(f"total run time {payload['total_run_seconds']:.0f} s over {len(rows)} runs")
     return payload
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
-    parser = argparse.ArgumentParser(prog="tutorials/warcraft_sizes.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=common.int_list, default=list(SIZES), help="default 12,18,24,30")
+    parser = argparse.ArgumentParser(prog="python -m tutorials.warcraft_sizes", description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=shared.int_list, default=list(SIZES), help="default 12,18,24,30")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=pathlib.Path, default=pathlib.Path("outputs/warcraft_sizes"))
     parser.add_argument("--resume", action="store_true", help="keep the runs already in runs.jsonl")
     parser.add_argument("--report", action="store_true", help="only rebuild the outputs from runs.jsonl")
-    parser.add_argument("--publish", action="store_true", help="also write docs/warcraft_sizes.{json,png,md}")
+    parser.add_argument("--publish", action="store_true", help="also write the page docs/tutorials/warcraft_sizes.md, its figure and JSON")
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -303,7 +303,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     if unknown:
         parser.error(f"Expected --methods among {METHODS} and --sizes among {SIZES}, received: {unknown}")
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    return args, extra, shlex.join(["python", "tutorials/warcraft_sizes.py", *argv])
+    return args, extra, shlex.join(["python", "-m", "tutorials.warcraft_sizes", *argv])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:

@@ -1,15 +1,14 @@
-"""Shared command line, data and output helpers for the tutorials.
+"""Command line, metrics.json, MNIST and figure helpers shared by the tutorials.
 
 Every tutorial exposes `main(argv=None) -> dict` and accepts the same core
 flags (`--quick`, `--output-dir`, `--seed`, `--methods`, `--verbose`); it writes
 `OUTPUT_DIR/metrics.json` with the layout
 
     {"results": [{"method": ..., <parameters>, <metrics>}, ...],
-     "command": "python tutorials/NAME.py ...", "versions": {...}, "seconds": ...}
+     "command": "python -m tutorials.NAME ...", "versions": {...}, "seconds": ...}
 
 plus any tutorial-specific top-level keys (the data source, reference values),
-and its figures as PNG files next to it. Tutorials import only the public
-`tf_perturbed` API and this module.
+and its figures as PNG files next to it.
 """
 
 import argparse
@@ -67,7 +66,7 @@ def parse_args(
     """
     methods = list(methods)
     default_methods = list(methods if default_methods is None else default_methods)
-    parser = argparse.ArgumentParser(prog=f"tutorials/{name}.py", description=description)
+    parser = argparse.ArgumentParser(prog=f"python -m tutorials.{name}", description=description)
     parser.add_argument(
         "--quick", action="store_true", help="a small configuration (a few minutes on 2 CPUs)"
     )
@@ -104,7 +103,7 @@ def parse_args(
                 setattr(args, key, value)
     args.output_dir = pathlib.Path("outputs") / name if args.output_dir is None else args.output_dir
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    args.command = shlex.join(["python", f"tutorials/{name}.py", *argv])
+    args.command = shlex.join(["python", "-m", f"tutorials.{name}", *argv])
     return args
 
 
