@@ -1,6 +1,8 @@
-# make test: lint + test suite.  make demo: the main job (Warcraft shortest paths with the
-# Fenchel-Young loss, quick mode: data, training, metrics, figures, SavedModel, serving).
-# Both create .venv when missing and install what they need (pins tested on Python 3.11, CPU).
+# make test: lint + test suite (with the docs build and every docstring example).
+# make docs: the documentation site in docs/build/html (warnings are errors).
+# make demo: the main job (Warcraft shortest paths with the Fenchel-Young loss, quick mode:
+# data, training, metrics, figures, SavedModel, serving).
+# All create .venv when missing and install what they need (pins tested on Python 3.11, CPU).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ export KERAS_HOME := $(CURDIR)/.keras_home
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo docs lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +24,17 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
+# Documentation tools (Sphinx, MyST-Parser, the theme), pinned in docs/requirements.txt.
+$(VENV)/.docs-installed: $(VENV)/.installed docs/requirements.txt
+	$(BIN)/pip install -q -r docs/requirements.txt
+	touch $@
+
+# -W --keep-going: every warning fails the build, all of them reported; -n: every
+# cross-reference must resolve.  tests/test_docs.py runs the same build.
+docs: $(VENV)/.docs-installed
+	$(BIN)/sphinx-build -b html -W --keep-going -n -q docs docs/build/html
+	@echo "docs: open docs/build/html/index.html"
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check tf_perturbed tests $(wildcard tutorials benchmarks)
 
@@ -30,7 +43,7 @@ lint: $(VENV)/.installed
 # would compile them again: measured 7.0 min against 5.2 min for whole files).
 TEST_WORKERS ?= 2
 
-test: lint
+test: lint $(VENV)/.docs-installed
 	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(VENV)/.installed

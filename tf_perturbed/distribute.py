@@ -18,7 +18,7 @@ What this module adds:
   (`path/worker-<index>` from `TF_CONFIG`), so that workers never write one file at once.
 
 The recipe, on each worker (`TF_CONFIG` names the cluster and the worker), as in
-`tutorials/multi_worker.py`:
+`tutorials/multi_worker.py`::
 
     tp.distribute.patch_keras_fit()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()

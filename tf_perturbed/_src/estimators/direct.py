@@ -291,7 +291,7 @@ def direct_loss_gradient(
       >>> with tf.GradientTape() as tape:
       ...     loss = tf.reduce_sum(argmax(theta) * [[1.0, 0.0, 0.5]])
       >>> tape.gradient(loss, theta).numpy()
-      array([[ 2., -2., -0.]], dtype=float32)
+      array([[ 2., -2.,  0.]], dtype=float32)
 
     References:
       Hazan, Keshet, McAllester (2010), Direct loss minimization for structured prediction.
@@ -359,7 +359,7 @@ def direct_categorical_gradient(
 
     Example:
       >>> theta = tf.zeros([2, 3, 4])
-      >>> gumbel = tf_perturbed.noise.get_noise("gumbel").sample([2, 3, 4], tf.constant([0, 1]))
+      >>> gumbel = tp.noise.get_noise("gumbel").sample([2, 3, 4], tf.constant([0, 1]))
       >>> loss = tf.random.stateless_uniform([2, 3, 4], seed=[1, 2])
       >>> direct_categorical_gradient(theta, gumbel, loss, epsilon=-1.0).shape
       TensorShape([2, 3, 4])

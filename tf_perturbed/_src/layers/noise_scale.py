@@ -34,14 +34,15 @@ class LearnedNoiseScale(SeededLayer):
 
     Learning-rate scale. The paper trains σ much more slowly than the scores
     (SGD at 1e-6 against Adam at 1e-1 for the scores). `sigma_lr_scale = s`:
-      built-in head: the weights are stored as U and used as W = U +
-        stop_gradient((s − 1)·U) = s·U in the forward pass, so U receives the
-        gradient of W unchanged and every optimizer step on U moves W by s
-        times the step it would make: the learning rate is scaled by s for SGD,
-        momentum, Adam and RMSprop alike. (U starts at W₀/s.)
-      sigma_model: the gradient reaching the sub-model is multiplied by s
-        (h ↦ s·h + (1 − s)·stop_gradient(h)). That is a learning-rate scale
-        for plain SGD only: Adam-type optimizers divide the scale out.
+
+    - built-in head: the weights are stored as U and used as W = U +
+      stop_gradient((s − 1)·U) = s·U in the forward pass, so U receives the
+      gradient of W unchanged and every optimizer step on U moves W by s
+      times the step it would make: the learning rate is scaled by s for SGD,
+      momentum, Adam and RMSprop alike. (U starts at W₀/s.)
+    - sigma_model: the gradient reaching the sub-model is multiplied by s
+      (h ↦ s·h + (1 − s)·stop_gradient(h)). That is a learning-rate scale
+      for plain SGD only: Adam-type optimizers divide the scale out.
 
     σ over training. In training the layer updates a `keras.metrics.Mean` named
     `"<layer name>_sigma"` with the mean σ of the batch: `model.fit` reports it

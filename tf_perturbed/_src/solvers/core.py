@@ -74,7 +74,7 @@ def top_k(theta: tf.Tensor, k: int) -> tf.Tensor:
 
     Example:
         >>> top_k(tf.constant([0.1, 2.0, -1.0, 0.5]), k=2).numpy()
-        array([0. , 1., 0., 1.], dtype=float32)
+        array([0., 1., 0., 1.], dtype=float32)
     """
     theta, dtype = validate.scores(theta, "theta", min_rank=1)
     d = theta.shape[-1]

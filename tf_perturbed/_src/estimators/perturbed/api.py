@@ -132,9 +132,8 @@ def perturbed_max(
     The sums over the M samples are pairwise (and compensated across chunks), so
     F_ε keeps float32's precision at any M: with σ → 0 it is max θ to ~1e-7.
 
-    Args:
-      As `perturbed` (including `chunk_size`); the solver must return y of θ's
-      shape. `control_variate` applies to the second derivative.
+    The arguments are those of `perturbed` (including `chunk_size`); the solver must
+    return y of θ's shape. `control_variate` applies to the second derivative.
 
     Returns:
       `fn(theta, seed=None)`: θ `[..., *event]` ↦ F_ε(θ) `[...]`, in θ's dtype.
