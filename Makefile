@@ -57,3 +57,12 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .keras_home outputs
+
+# The distributions as PyPI would receive them: sdist and wheel in dist/ (isolated build),
+# then twine checks their metadata and that the README renders as the project description.
+.PHONY: package-check
+package-check: $(VENV)/.installed
+	$(BIN)/pip install -q build twine
+	rm -rf dist/tf_perturbed-* dist/tf-perturbed-*
+	$(BIN)/python -m build --sdist --wheel --outdir dist .
+	$(BIN)/twine check --strict dist/tf_perturbed-*
