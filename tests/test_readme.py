@@ -40,6 +40,16 @@ def test_every_code_block_says_what_it_is():
     assert sum(tag == "python" for tag, _, _ in fences) >= 3
 
 
+def test_relative_links_and_paths_exist():
+    """Every link to a file of the repository, and every path quoted as code, is there."""
+    text = README.read_text(encoding="utf-8")
+    links = [m.group(1) for m in re.finditer(r"\]\(([^)#]+)(?:#[^)]*)?\)", text) if "://" not in m.group(1)]
+    paths = re.findall(r"`((?:tutorials|docs|benchmarks|tests)/[^`* ]+)`", text)
+    assert links, "no relative links found"
+    missing = [path for path in links + paths if not (ROOT / path).exists()]
+    assert not missing, missing
+
+
 @pytest.fixture(scope="module")
 def readme_run(tmp_path_factory):
     blocks = [(code, line) for tag, code, line in _fences() if tag == "python"]
