@@ -41,6 +41,7 @@ autodoc_typehints = "signature"
 autodoc_member_order = "bysource"
 autodoc_preserve_defaults = False
 default_role = "code-or-ref"
+python_use_unqualified_type_names = True  # "Solver", not "tf_perturbed._src.solvers.registry.Solver"
 
 # Every reference must resolve, except to the types of libraries documented elsewhere.
 nitpicky = True

@@ -9,10 +9,12 @@
   warning when they do not (``[..., d]``, ``inference="hard"``).
 """
 
+import inspect
 import re
 
 from docutils import nodes
 from sphinx import addnodes
+from sphinx.util.inspect import stringify_signature
 
 # Unicode symbols of the docstrings and their TeX.
 SYMBOLS = {
@@ -79,6 +81,10 @@ def formula_line_to_tex(line):
             i = j
             continue
         two = line[i:i + 2]
+        if line.startswith("top-k", i):
+            out.append(r"\operatorname{top\text{-}k}")
+            i += 5
+            continue
         if line.startswith(("e.g.", "i.e."), i):
             out.append(_text(line[i:i + 4]) + (r"\ " if line[i + 4:i + 5] == " " else ""))
             i += 5 if line[i + 4:i + 5] == " " else 4
@@ -269,13 +275,34 @@ def code_or_ref_role(name, rawtext, text, lineno, inliner, options=None, content
 
 
 def resolve_soft(app, env, node, contnode):
-    """Soft references that name nothing documented stay plain code, without a warning."""
+    """Private paths in annotations (``tf_perturbed._src.solvers.registry.Solver``) link to
+    the public name; soft references that name nothing documented stay plain code."""
+    target = node.get("reftarget", "")
+    if node.get("refdomain") == "py" and target.startswith("tf_perturbed._src."):
+        short = "." + target.rsplit(".", 1)[-1]
+        domain = env.get_domain("py")
+        public = [name for name in domain.objects if name.endswith(short) and "._src." not in name]
+        if len(public) == 1:
+            return domain.resolve_xref(env, node.get("refdoc"), app.builder, "obj", public[0], node, contnode)
     if node.get("tfp_soft"):
         return contnode
     return None
 
 
+def init_signature(app, what, name, obj, options, signature, return_annotation):
+    """Keras layers define ``__new__(cls, *args, **kwargs)``, which autodoc would show:
+    show the constructor's own arguments instead."""
+    if what != "class" or not isinstance(obj, type) or "__init__" not in vars(obj) and not any(
+            "__init__" in vars(base) for base in obj.__mro__[1:] if base.__module__.startswith("tf_perturbed")):
+        return None
+    if signature not in ("(*args, **kwargs)", None):
+        return None
+    parameters = list(inspect.signature(obj.__init__).parameters.values())[1:]  # without self
+    return stringify_signature(inspect.Signature(parameters), show_return_annotation=False), None
+
+
 def setup(app):
+    app.connect("autodoc-process-signature", init_signature)
     app.connect("autodoc-process-docstring", process_docstring, priority=400)
     app.add_role("code-or-ref", code_or_ref_role)
     app.connect("missing-reference", resolve_soft, priority=900)
