@@ -131,8 +131,10 @@ def test_bad_arguments_and_second_derivatives_raise_naming_them():
     ):
         with pytest.raises(error, match=match):
             tp.ImplicitMLE("argmax", **kwargs)
-    with pytest.raises(ValueError, match="shape of its input"):
+    with pytest.raises(ValueError, match="^Implicit MLE solves again.*shape of its input.*'sort_permutation'"):
         tp.ImplicitMLE("sort_permutation")
+    with pytest.raises(ValueError, match="^Direct loss minimization solves again.*'sort_permutation'"):
+        tp.DirectLossGradient("sort_permutation")
     theta = tf.constant([[0.3, 1.0, -0.2]])
     fn = tp.implicit_mle("argmax", sigma=0.0)
     with tf.GradientTape() as outer:

@@ -33,6 +33,8 @@ class DirectLossConfig:
         (None: the solver's `domain_min`, e.g. 0 for shortest paths).
       sigma: σ ≥ 0, noise added to θ in training (0: none, Hazan et al.).
       noise: the noise of σγ.
+      method: the estimator's name in error messages ("Direct loss minimization", or
+        "Implicit MLE" for the config inside an `IMLEConfig`).
     """
 
     solver: registry.Solver
@@ -43,6 +45,7 @@ class DirectLossConfig:
     min_perturbed_value: Optional[float] = None
     sigma: float = 0.0
     noise: noise_lib.Noise = dataclasses.field(default_factory=lambda: noise_lib.get_noise("gumbel"))
+    method: str = "Direct loss minimization"
 
     @classmethod
     def create(
@@ -56,11 +59,13 @@ class DirectLossConfig:
         min_perturbed_value=None,
         sigma=0.0,
         noise="gumbel",
+        *,
+        method="Direct loss minimization",
     ) -> "DirectLossConfig":
         solver = registry.get_solver(solver, solver_kwargs)
         if solver.spec.linear_output is False:
             raise ValueError(
-                "Direct loss minimization solves again at θ + ε·∂L/∂y, so the solver's output must "
+                f"{method} solves again with the scores moved along ∂L/∂y, so the solver's output must "
                 f"have the shape of its input; received: solver={solver.name!r}, whose output has "
                 "another shape (for permutation matrices, use a solver on score matrices such as "
                 "'assignment')."
@@ -74,6 +79,7 @@ class DirectLossConfig:
             min_perturbed_value=validate.optional_real(min_perturbed_value, "min_perturbed_value"),
             sigma=validate.real(sigma, "sigma", at_least=0.0),
             noise=noise_lib.get_noise(noise),
+            method=method,
         )
 
     @property
@@ -108,7 +114,7 @@ def solve_in_domain(config: DirectLossConfig, theta: tf.Tensor) -> tf.Tensor:
         bound = tf.constant(bound, theta.dtype)
         theta = tf.where(theta <= bound, bound, theta)  # NaN stays, for the solver to reject
     y = config.solver(theta)
-    registry.check_linear_solution(config.solver, theta, y, "Direct loss minimization")
+    registry.check_linear_solution(config.solver, theta, y, config.method)
     return tf.cast(y, theta.dtype)
 
 

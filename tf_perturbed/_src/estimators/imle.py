@@ -57,8 +57,8 @@ class IMLEConfig:
     ) -> "IMLEConfig":
         lambda_ = validate.real(lambda_, "lambda_", above=0.0)
         config = direct.DirectLossConfig.create(
-            solver, -lambda_, normalize, None, 30, solver_kwargs, min_perturbed_value,
-            sigma, noise,
+            solver, -lambda_, normalize, solver_kwargs=solver_kwargs, min_perturbed_value=min_perturbed_value,
+            sigma=sigma, noise=noise, method="Implicit MLE",
         )
         kappa = validate.optional_real(kappa, "kappa", above=0.0)
         if kappa is not None and not isinstance(config.noise, sum_of_gamma.SumOfGamma):

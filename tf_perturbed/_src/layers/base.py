@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from tf_perturbed._src.base import seeds, validate
+from tf_perturbed._src.solvers import registry
 
 INFERENCE_MODES = ("hard", "perturbed")
 
@@ -52,3 +53,36 @@ class SeededLayer(keras.layers.Layer):
 
     def load_own_variables(self, store) -> None:
         super().load_own_variables(seeds.load_state(self.seed_generator, store))
+
+
+class SolverLayer(SeededLayer):
+    """A seeded layer around one solver, its hyper-parameters held in the checked config its op takes.
+
+    The config (`PerturbationConfig`, `DirectLossConfig`, `IMLEConfig`) has the bound
+    `solver` and the `arguments()` that rebuild it; the layer's output has the
+    solver's output shape.
+
+    Args:
+      config: the checked config.
+      seed, **kwargs: as `SeededLayer`.
+    """
+
+    def __init__(self, config, *, seed: Optional[int] = None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self._config = config
+
+    @property
+    def solver(self) -> registry.Solver:
+        """The bound solver: `layer.solver(theta)` is the hard solution."""
+        return self._config.solver
+
+    @property
+    def config(self):
+        """The checked hyper-parameters, as the op takes them."""
+        return self._config
+
+    def compute_output_shape(self, input_shape):
+        return self.solver.output_shape(tuple(input_shape))
+
+    def arguments(self) -> dict:
+        return self._config.arguments()

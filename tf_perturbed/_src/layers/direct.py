@@ -5,12 +5,12 @@ from typing import Optional, Union
 import keras
 
 from tf_perturbed._src.estimators import direct
-from tf_perturbed._src.layers.base import SeededLayer
+from tf_perturbed._src.layers.base import SolverLayer
 from tf_perturbed._src.solvers import registry
 
 
 @keras.saving.register_keras_serializable(package="tf_perturbed")
-class DirectLossGradient(SeededLayer):
+class DirectLossGradient(SolverLayer):
     """Any registered solver as a layer trained by direct loss minimization.
 
     Formula:
@@ -71,33 +71,18 @@ class DirectLossGradient(SeededLayer):
         solver_kwargs: Optional[dict] = None,
         **kwargs,
     ):
-        super().__init__(seed=seed, **kwargs)
-        self._config = direct.DirectLossConfig.create(
+        config = direct.DirectLossConfig.create(
             solver, epsilon, normalize, epsilon_growth, max_growth_steps, solver_kwargs, min_perturbed_value,
             sigma, noise,
         )
-
-    @property
-    def solver(self) -> registry.Solver:
-        """The bound solver."""
-        return self._config.solver
+        super().__init__(config, seed=seed, **kwargs)
 
     @property
     def sigma(self) -> float:
         """σ, the scale of the noise added in training (0: none)."""
         return self._config.sigma
 
-    @property
-    def config(self) -> direct.DirectLossConfig:
-        """The checked hyper-parameters, as the op takes them."""
-        return self._config
-
     def call(self, inputs, training=None):
         seed = self.next_seed() if training and self._config.sigma > 0 else None
         return direct.direct_solution(self.float_inputs(inputs), self._config, seed)
 
-    def compute_output_shape(self, input_shape):
-        return self.solver.output_shape(tuple(input_shape))
-
-    def arguments(self) -> dict:
-        return self._config.arguments()

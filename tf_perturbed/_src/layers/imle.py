@@ -5,12 +5,12 @@ from typing import Optional, Union
 import keras
 
 from tf_perturbed._src.estimators import imle
-from tf_perturbed._src.layers.base import SeededLayer
+from tf_perturbed._src.layers.base import SolverLayer
 from tf_perturbed._src.solvers import registry
 
 
 @keras.saving.register_keras_serializable(package="tf_perturbed")
-class ImplicitMLE(SeededLayer):
+class ImplicitMLE(SolverLayer):
     """Any registered solver as a layer trained by implicit maximum-likelihood estimation.
 
     Formula (maximising solvers; g = ∂L/∂y, γ_s drawn from `noise`, τ = `sigma`):
@@ -64,28 +64,13 @@ class ImplicitMLE(SeededLayer):
         solver_kwargs: Optional[dict] = None,
         **kwargs,
     ):
-        super().__init__(seed=seed, **kwargs)
-        self._config = imle.IMLEConfig.create(
+        config = imle.IMLEConfig.create(
             solver, lambda_, num_samples, sigma, noise, kappa, two_sided, rescale, normalize,
             min_perturbed_value, solver_kwargs,
         )
-
-    @property
-    def solver(self) -> registry.Solver:
-        """The bound solver."""
-        return self._config.solver
-
-    @property
-    def config(self) -> imle.IMLEConfig:
-        """The checked hyper-parameters, as the op takes them."""
-        return self._config
+        super().__init__(config, seed=seed, **kwargs)
 
     def call(self, inputs, training=None):
         seed = self.next_seed() if training and self._config.sigma > 0 else None
         return imle.imle_solution(self.float_inputs(inputs), self._config, seed)
 
-    def compute_output_shape(self, input_shape):
-        return self.solver.output_shape(tuple(input_shape))
-
-    def arguments(self) -> dict:
-        return self._config.arguments()

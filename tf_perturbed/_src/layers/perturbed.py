@@ -12,14 +12,14 @@ import keras
 from tf_perturbed._src.base import validate
 from tf_perturbed._src.estimators.perturbed import config as config_lib
 from tf_perturbed._src.estimators.perturbed import jacobian
-from tf_perturbed._src.layers.base import INFERENCE_MODES, SeededLayer
+from tf_perturbed._src.layers.base import INFERENCE_MODES, SolverLayer
 from tf_perturbed._src.solvers import registry
 
 _DEFAULTS = config_lib
 
 
 @keras.saving.register_keras_serializable(package="tf_perturbed")
-class PerturbedOptimizer(SeededLayer):
+class PerturbedOptimizer(SolverLayer):
     """Any solver as a layer: ŷ_ε(θ) = E[y*(θ + εZ)] in training, y*(θ) at inference.
 
     Formula:
@@ -76,36 +76,23 @@ class PerturbedOptimizer(SeededLayer):
         output_ndims: Optional[int] = None,
         **kwargs,
     ):
-        super().__init__(seed=seed, **kwargs)
-        self._config = config_lib.PerturbationConfig.create(
+        config = config_lib.PerturbationConfig.create(
             solver, num_samples, sigma, noise, perturbation, control_variate, solver_kwargs, chunk_size,
             event_ndims, output_ndims,
         )
+        super().__init__(config, seed=seed, **kwargs)
         self.inference = validate.choice(inference, "inference", INFERENCE_MODES)
-
-    @property
-    def solver(self) -> registry.Solver:
-        """The bound solver: `layer.solver(theta)` is the hard solution."""
-        return self._config.solver
 
     @property
     def control_variate(self):
         """The control variate in use: "leave_one_out", "hard" or None."""
         return self._config.control_variate
 
-    @property
-    def config(self) -> config_lib.PerturbationConfig:
-        """The checked hyper-parameters, as the ops take them."""
-        return self._config
-
     def call(self, inputs, training=None):
         theta = self.float_inputs(inputs)
         if training or self.inference == "perturbed":
             return jacobian.perturbed_mean(theta, self.next_seed(), self._config)
         return jacobian.hard_solution(theta, self._config)
-
-    def compute_output_shape(self, input_shape):
-        return self.solver.output_shape(tuple(input_shape))
 
     def arguments(self) -> dict:
         arguments = dict(self._config.arguments(), inference=self.inference)
