@@ -151,6 +151,8 @@ def test_getting_started_prints_the_quoted_numbers():
                        (DOCS / "guides/getting_started.md").read_text()).groups()
     for got, expected in zip(printed, quoted):
         assert abs(float(got) - float(expected)) <= 0.01, (printed, quoted)  # as for the index
+    soft = re.search(r"It prints `(\[\[[0-9. ]+\]\])` against", (DOCS / "guides/getting_started.md").read_text())
+    assert soft.group(1) in out  # the seeded Gumbel estimate of the softmax
 
 
 def test_custom_solvers_page_runs():
