@@ -162,3 +162,49 @@ def test_custom_solvers_page_runs():
     # Same seed: the same draws; 0.005 is a third of the estimate's standard error at M = 10⁴.
     np.testing.assert_allclose(got, np.array(quoted.strip("[]").split(), float), atol=0.005)
     assert "(1, 3, 3)" in out
+
+
+def _formula_extension():
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        return importlib.import_module("tfp_docs")
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+
+
+def _docstrings():
+    import inspect
+
+    for name in MODULES:
+        module = importlib.import_module(name)
+        objects = [module] + [obj for _, obj in inspect.getmembers(module, lambda o: inspect.isclass(o) or inspect.isfunction(o))
+                              if getattr(obj, "__module__", None) == name]
+        for obj in list(objects):
+            if inspect.isclass(obj):
+                objects += [member for member in vars(obj).values() if inspect.isfunction(member)]
+        for obj in objects:
+            if inspect.getdoc(obj):
+                yield f"{name}.{getattr(obj, '__qualname__', '')}", inspect.getdoc(obj)
+
+
+def test_formula_blocks_translate_to_tex():
+    """Every `Formula:` block of the package becomes TeX: balanced groups, and no Unicode
+    symbol left outside `\\text{}` for MathJax to guess (each has a TeX macro)."""
+    tfp_docs = _formula_extension()
+    line = tfp_docs.formula_line_to_tex("ŷ_ε(θ) = E[y*(θ + εZ)] ≈ (1/M) Σ_m y*(θ + εZ_m)")
+    assert line == (r"\hat{y}_\varepsilon (\theta ) = \operatorname{E}[y^*(\theta  + \varepsilon Z)] "
+                    r"\approx  (1/M) \sum _m y^*(\theta  + \varepsilon Z_m)")
+    blocks = 0
+    for where, doc in _docstrings():
+        for row in tfp_docs._formula_blocks(doc.splitlines()):
+            if not row.strip().startswith(r"\begin{array}"):
+                continue
+            blocks += 1
+            depth = 0
+            for char in re.sub(r"\\[{}]", "", row):
+                depth += {"{": 1, "}": -1}.get(char, 0)
+                assert depth >= 0, (where, row)
+            assert depth == 0, (where, row)
+            maths = re.sub(r"\\text(tt)?\{(?:[^{}]|\{[^{}]*\})*\}", "", row)
+            assert maths.isascii(), (where, sorted({c for c in maths if not c.isascii()}))
+    assert blocks >= 20, blocks

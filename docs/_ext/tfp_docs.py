@@ -28,7 +28,7 @@ SYMBOLS = {
     "∞": r"\infty ", "√": r"\sqrt ", "∝": r"\propto ", "⊂": r"\subset ", "∀": r"\forall ",
     "²": "^2", "³": "^3", "ᵀ": r"^\top ", "₀": "_0", "₁": "_1", "₂": "_2", "ₖ": "_k", "ᵢ": "_i",
     "ⱼ": "_j", "ₘ": "_m", "ₙ": "_n", "ₜ": "_t", "∘": r"\circ ", "⌈": r"\lceil ", "⌉": r"\rceil ",
-    "⌊": r"\lfloor ", "⌋": r"\rfloor ", "±": r"\pm ", "∩": r"\cap ", "∪": r"\cup ", "ℓ": r"\ell ",
+    "⌊": r"\lfloor ", "⌋": r"\rfloor ", "±": r"\pm ", "∩": r"\cap ", "∪": r"\cup ", "ℓ": r"\ell ", "∋": r"\ni ",
 }
 # Letters with a hat or a bar.
 ACCENTS = {"ŷ": r"\hat{y}", "ȳ": r"\bar{y}", "ĝ": r"\hat{g}", "θ̂": r"\hat{\theta}", "ĉ": r"\hat{c}"}
