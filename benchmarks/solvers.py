@@ -57,7 +57,8 @@ KING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 # (solver, size, batch): shortest paths on H × H grids, shortest paths on graphs (size 5:
 # PyEPO's 5 × 5 grid DAG; otherwise a random directed graph of `size` vertices, see
-# `graph_instance`), assignments of n × n matrices, knapsacks of n items.
+# `graph_instance`), assignments of n × n matrices, knapsacks of n items (knapsack_2: two
+# resources).
 PYEPO_GRID = 5
 PROBLEMS = [
     ("shortest_path", 12, 512),
@@ -69,6 +70,7 @@ PROBLEMS = [
     ("assignment", 100, 64),
     ("knapsack", 32, 512),
     ("knapsack", 100, 256),
+    ("knapsack_2", 32, 512),  # two resources (weight and volume), each with its capacity
 ]
 
 
@@ -147,16 +149,22 @@ def scipy_assignments(scores: np.ndarray) -> np.ndarray:
     return perms
 
 
-def knapsack_instance(size: int) -> tuple:
-    """(weights, capacity) of the n = size items: integers in [3, 7], capacity half their sum."""
-    weights = np.random.default_rng(size).integers(3, 8, size)
-    return tuple(int(w) for w in weights), int(weights.sum()) // 2
+def knapsack_instance(size: int, resources: int = 1) -> tuple:
+    """(weights, capacity) of the n = size items: integers in [3, 7], capacity half their sum.
+
+    Two or more resources: weights a tuple of rows and one capacity per row.
+    """
+    if resources == 1:
+        weights = np.random.default_rng(size).integers(3, 8, size)
+        return tuple(int(w) for w in weights), int(weights.sum()) // 2
+    table = np.random.default_rng(size).integers(3, 8, (resources, size))
+    return tuple(tuple(int(w) for w in row) for row in table), tuple(int(c) // 2 for c in table.sum(axis=1))
 
 
-def scipy_knapsacks(values: np.ndarray, weights: tuple, capacity: int) -> np.ndarray:
-    """0/1 selections `[B, n]` maximising ⟨v, y⟩ with ⟨w, y⟩ ≤ C, one MILP per instance."""
+def scipy_knapsacks(values: np.ndarray, weights: tuple, capacity) -> np.ndarray:
+    """0/1 selections `[B, n]` maximising ⟨v, y⟩ with W y ≤ C, one MILP per instance."""
     n = values.shape[-1]
-    constraint = LinearConstraint(np.array([weights], float), -np.inf, capacity)
+    constraint = LinearConstraint(np.atleast_2d(np.array(weights, float)), -np.inf, capacity)
     chosen = np.zeros_like(values)
     for b in range(len(values)):
         result = milp(-values[b].astype(np.float64), constraints=constraint, integrality=np.ones(n),
@@ -199,8 +207,8 @@ def make_problem(solver: str, size: int, batch: int):
             lambda costs: scipy_graph_paths(costs, *graph),
             lambda costs: solvers.graph_shortest_path(costs, *graph),
         )
-    if solver == "knapsack":
-        weights, capacity = knapsack_instance(size)
+    if solver in ("knapsack", "knapsack_2"):
+        weights, capacity = knapsack_instance(size, 2 if solver == "knapsack_2" else 1)
         return (
             rng.uniform(0.0, 1.0, (batch, size)).astype(np.float32),
             lambda values: scipy_knapsacks(values, weights, capacity),
@@ -300,6 +308,9 @@ def report(payload: dict, info: dict, command: str) -> str:
             size = f"{kind}, V = {vertices}, E = {len(senders)}"
         elif item["solver"] == "knapsack":
             size = f"n = {item['size']}, C = {knapsack_instance(item['size'])[1]}"
+        elif item["solver"] == "knapsack_2":
+            capacity = knapsack_instance(item["size"], 2)[1]
+            size = f"n = {item['size']}, two resources, C = {capacity[0]} and {capacity[1]}"
         else:
             size = f"n = {item['size']}"
         rows.append(

@@ -129,10 +129,10 @@ def test_perturbed_ops_textbook_equals_ours(op):
 def test_solvers_problems_are_all_checked_here():
     bench = _load("solvers")
     assert {solver for solver, _, _ in bench.PROBLEMS} == {"shortest_path", "graph_shortest_path", "assignment",
-                                                           "knapsack"}
+                                                           "knapsack", "knapsack_2"}
 
 
-@pytest.mark.parametrize("solver", ["shortest_path", "graph_shortest_path", "assignment", "knapsack"])
+@pytest.mark.parametrize("solver", ["shortest_path", "graph_shortest_path", "assignment", "knapsack", "knapsack_2"])
 def test_solvers_optimal_values_equal_scipy(solver):
     bench = _load("solvers")
     # 12 × 12 grids, PyEPO's 5 × 5 grid DAG, n = 10, 32 items

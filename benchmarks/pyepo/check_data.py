@@ -106,7 +106,7 @@ def main() -> None:
     failures = check_generators(seeds, degrees) + check_split(seeds)
     print(f"generators and split: {'equal to the bit' if failures == 0 else f'{failures} differences'}")
     if not args.quick:
-        failures += check_labels(["sp", "ks"], [0], degrees)
+        failures += check_labels(["sp", "ks", "ks2"], [0], degrees)
     print("OK" if failures == 0 else f"FAILED: {failures}")
     sys.exit(1 if failures else 0)
 

@@ -34,10 +34,13 @@ seed i, generates n_train + 1000 instances and splits them with scikit-learn's
 `RandomState(seed).permutation(n)` whose first 1000 indices are the test set and the
 rest the training set, in that order (`split_indices`).
 
-Our 0-1 knapsack solver (`tf_perturbed.solvers.knapsack`) has one resource dimension
-and integer weights: the weights are whole hundredths, so W·100 and capacity·100 are
-integers and the problem is the same. Two dimensions (PyEPO's published knapsack) have
-no solver here yet.
+Knapsacks: `ks` has one resource dimension, `ks2` two (PyEPO's published knapsack).
+The weights are whole hundredths, so W·100 and capacity·100 are integers and the
+problem is the same for `tf_perturbed.solvers.knapsack` (dynamic programming over the
+capacities). With two dimensions its table has 2001² entries per problem, too many
+for a training step; but weights ≥ 3 and capacity 20 leave few feasible selections
+(9,366 for seed 0), so `ks2` enumerates them once (`feasible_selections`) and both
+the labels and our in-graph solver take the best of them: exact, in one matrix product.
 
 Usage:
 
@@ -63,7 +66,8 @@ NOISE_WIDTH = 0.5
 DEGREES = (1, 2, 4, 6)
 KNAPSACK_ITEMS = 32
 KNAPSACK_CAPACITY = 20
-KNAPSACK_DIM = 1  # ours solves one dimension; PyEPO's paper used 2 (see the module docstring)
+KNAPSACK_DIM = {"ks": 1, "ks2": 2}  # resource dimensions; PyEPO's paper used 2 (see the module docstring)
+PROBLEMS = ("sp", "ks", "ks2")
 
 
 # ----------------------------------------------------------------------------- generators
@@ -195,6 +199,38 @@ def knapsack_selections(values: np.ndarray, weights: Sequence[int], capacity: in
     return out
 
 
+def feasible_selections(weights: np.ndarray, capacity: Sequence[int]) -> np.ndarray:
+    """Every 0/1 selection `[F, m]` (uint8) within the capacities, the empty one first.
+
+    weights `[k, m]` and capacity `[k]` integers; depth-first over the items in order,
+    pruned as soon as a resource overflows (the number of selections must be small).
+    """
+    weights = np.asarray(weights, np.int64)
+    capacity = np.asarray(capacity, np.int64)
+    found: List[List[int]] = []
+
+    def extend(start: int, used: np.ndarray, chosen: List[int]) -> None:
+        found.append(list(chosen))
+        for item in range(start, weights.shape[1]):
+            total = used + weights[:, item]
+            if np.all(total <= capacity):
+                chosen.append(item)
+                extend(item + 1, total, chosen)
+                chosen.pop()
+
+    extend(0, np.zeros(weights.shape[0], np.int64), [])
+    selections = np.zeros((len(found), weights.shape[1]), np.uint8)
+    for row, chosen in enumerate(found):
+        selections[row, chosen] = 1
+    return selections
+
+
+def best_selections(values: np.ndarray, selections: np.ndarray) -> np.ndarray:
+    """The selection of largest value `[N, m]` (float32) among `selections` `[F, m]`, the first on ties."""
+    totals = np.asarray(values, np.float64) @ selections.T.astype(np.float64)  # [N, F]
+    return selections[np.argmax(totals, axis=1)].astype(np.float32)
+
+
 def knapsack_integer_weights(weights: np.ndarray, capacity: float) -> Tuple[List[int], int]:
     """One dimension's weights and capacity in hundredths, as integers (checked exact)."""
     weights = np.asarray(weights, np.float64).reshape(-1)
@@ -218,7 +254,8 @@ def make_dataset(problem: str, deg: int, seed: int, num_train: int = NUM_TRAIN) 
     Keys: x_train, c_train, w_train, z_train, x_test, c_test, w_test, z_test (w: optimal
     0/1 solutions by our exact solvers, z: their objective values), and the problem:
     `senders`, `receivers`, `grid` (shortest path, minimised) or `weights` (float,
-    `[1, m]`), `capacity`, `weights_int`, `capacity_int` (knapsack, maximised).
+    `[k, m]`), `capacity` `[k]`, `weights_int` (`[m]` for one dimension, `[k, m]` for
+    more), `capacity_int` (knapsack, maximised), and for `ks2` the `selections` `[F, m]`.
     """
     num_data = num_train + NUM_TEST
     if problem == "sp":
@@ -231,7 +268,7 @@ def make_dataset(problem: str, deg: int, seed: int, num_train: int = NUM_TRAIN) 
 
     elif problem == "ks":
         weights, features, costs = knapsack_data(
-            num_data, NUM_FEATURES, KNAPSACK_ITEMS, KNAPSACK_DIM, deg, NOISE_WIDTH, seed
+            num_data, NUM_FEATURES, KNAPSACK_ITEMS, KNAPSACK_DIM[problem], deg, NOISE_WIDTH, seed
         )
         weights_int, capacity_int = knapsack_integer_weights(weights[0], KNAPSACK_CAPACITY)
         extra = {
@@ -244,8 +281,26 @@ def make_dataset(problem: str, deg: int, seed: int, num_train: int = NUM_TRAIN) 
         def solve(c):
             return knapsack_selections(c, weights_int, capacity_int)
 
+    elif problem == "ks2":
+        weights, features, costs = knapsack_data(
+            num_data, NUM_FEATURES, KNAPSACK_ITEMS, KNAPSACK_DIM[problem], deg, NOISE_WIDTH, seed
+        )
+        weights_int = np.asarray([knapsack_integer_weights(row, KNAPSACK_CAPACITY)[0] for row in weights])
+        capacity_int = knapsack_integer_weights(weights[0], KNAPSACK_CAPACITY)[1]
+        selections = feasible_selections(weights_int, [capacity_int] * len(weights))
+        extra = {
+            "weights": weights,
+            "capacity": np.full(len(weights), KNAPSACK_CAPACITY, np.float64),
+            "weights_int": weights_int,
+            "capacity_int": np.asarray(capacity_int),
+            "selections": selections,
+        }
+
+        def solve(c):
+            return best_selections(c, selections)
+
     else:
-        raise ValueError(f"Expected problem in ('sp', 'ks'), received: problem={problem!r}")
+        raise ValueError(f"Expected problem in {PROBLEMS}, received: problem={problem!r}")
     train, test = split_indices(num_data, NUM_TEST, seed)
     dataset = dict(extra)
     for part, index in (("train", train), ("test", test)):
@@ -275,7 +330,7 @@ def normalized_regret(chosen: np.ndarray, costs: np.ndarray, optimal_values: np.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--problem", nargs="+", default=["sp", "ks"], choices=["sp", "ks"])
+    parser.add_argument("--problem", nargs="+", default=["sp", "ks"], choices=list(PROBLEMS))
     parser.add_argument("--deg", nargs="+", type=int, default=list(DEGREES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--train", type=int, default=NUM_TRAIN)

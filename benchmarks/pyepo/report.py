@@ -33,7 +33,11 @@ PAIRS = (
     ("imle", "imle"),
 )
 ROWS = (("—", "2s"),) + PAIRS  # PyEPO's closed-form 2-stage has no row of ours
-PROBLEM_NAMES = {"sp": "shortest path, 5×5 grid", "ks": "knapsack, 32 items, one dimension, capacity 20"}
+PROBLEM_NAMES = {
+    "sp": "shortest path, 5×5 grid",
+    "ks": "knapsack, 32 items, one dimension, capacity 20",
+    "ks2": "knapsack, 32 items, two dimensions, capacity 20 each (PyEPO's paper)",
+}
 
 
 def read(path: pathlib.Path):
@@ -135,7 +139,7 @@ def main() -> None:
     suffix = "_quick" if args.quick else ""
     ours_meta, ours = read(common.RESULTS_DIR / f"pyepo_ours{suffix}.jsonl")
     peer_meta, peer = read(common.RESULTS_DIR / f"pyepo_peer{suffix}.jsonl")
-    problems = [p for p in ("sp", "ks") if any(key[0] == p for key in list(ours) + list(peer))]
+    problems = [p for p in ("sp", "ks", "ks2") if any(key[0] == p for key in list(ours) + list(peer))]
     text = "\n\n".join([table(p, ours, peer) for p in problems] + [machine_lines(ours_meta, peer_meta)])
     print(text)
     if not args.quick:

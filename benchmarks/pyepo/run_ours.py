@@ -72,7 +72,7 @@ EPOCHS = 20
 BATCH = 32
 LEARNING_RATE = {"two_stage": 1e-2, "spo_plus": 1e-2, "blackbox": 1e-1, "perturbed": 1e-2,
                  "fenchel_young": 1e-2, "imle": 1e-2}
-BLACKBOX_LAMBDA = {"sp": 20.0, "ks": 10.0}
+BLACKBOX_LAMBDA = {"sp": 20.0, "ks": 10.0, "ks2": 10.0}
 PERTURBED = {"num_samples": 1, "sigma": 1.0, "noise": "normal", "perturbation": "additive"}
 IMLE = {"lambda_": 10.0, "num_samples": 3, "sigma": 1.0, "noise": "sum_of_gamma", "kappa": 5.0}
 
@@ -95,12 +95,35 @@ def solver_for(problem: str, stored: dict, kind: str):
             "target": int(receivers.max()),
         }
         return "graph_shortest_path", kwargs, exact, False, True
+    if problem == "ks2":
+        return _enumerated_knapsack(stored["selections"])
     weights, capacity = [int(v) for v in stored["weights_int"]], int(stored["capacity_int"])
 
     def exact(values):
         return data.knapsack_selections(values, weights, capacity)
 
     return "knapsack", {"weights": weights, "capacity": capacity}, exact, True, True
+
+
+def _enumerated_knapsack(selections: np.ndarray):
+    """`solver_for` on `ks2`: the best of the feasible selections `[F, m]`, in the graph (exact).
+
+    Registered as a solver (maximised) so that every estimator takes it; ties go to the
+    first selection, as `data.best_selections` (the labels) does.
+    """
+    table = tf.constant(selections, tf.float32)  # [F, m]
+
+    def solve(values):
+        totals = tf.einsum("...m,fm->...f", tf.cast(values, tf.float32), table)  # [..., F]
+        return tf.cast(tf.gather(table, tf.argmax(totals, axis=-1)), values.dtype)
+
+    name = "pyepo_ks2_enumerated"
+    tp.solvers.register_solver(name, solve, overwrite=True)
+
+    def exact(values):
+        return data.best_selections(values, selections)
+
+    return name, None, exact, True, True
 
 
 def objective_l1(y_true, y_pred):
@@ -150,10 +173,11 @@ def build(method: str, problem: str, stored: dict, solver, solver_kwargs, seed: 
 class EpochLog(keras.callbacks.Callback):
     """Seconds of each epoch, then the test regret of the predictor's decisions."""
 
-    def __init__(self, regret):
+    def __init__(self, regret, epochs: int, evaluate: str = "every"):
         super().__init__()
-        self.regret = regret
+        self.regret, self.epochs, self.evaluate = regret, epochs, evaluate
         self.epoch_s, self.epoch_cpu_s, self.loss, self.regrets = [], [], [], [regret()]
+        self.regret_epochs = [0]
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start, self.start_cpu = time.perf_counter(), time.process_time()
@@ -162,10 +186,13 @@ class EpochLog(keras.callbacks.Callback):
         self.epoch_s.append(time.perf_counter() - self.start)
         self.epoch_cpu_s.append(time.process_time() - self.start_cpu)
         self.loss.append(float(logs["loss"]))
-        self.regrets.append(self.regret())
+        if self.evaluate == "every" or epoch + 1 == self.epochs:
+            self.regrets.append(self.regret())
+            self.regret_epochs.append(epoch + 1)
 
 
-def run_method(method: str, problem: str, stored: dict, seed: int, epochs: int, kind: str, verbose) -> dict:
+def run_method(method: str, problem: str, stored: dict, seed: int, epochs: int, kind: str, verbose,
+               evaluate: str = "every") -> dict:
     keras.utils.set_random_seed(seed)
     solver, solver_kwargs, exact, maximize, in_graph = solver_for(problem, stored, kind)
     model, predictor, loss, targets = build(method, problem, stored, solver, solver_kwargs, seed)
@@ -176,7 +203,7 @@ def run_method(method: str, problem: str, stored: dict, seed: int, epochs: int, 
         chosen = exact(predictor.predict(x_test, batch_size=1000, verbose=0))
         return data.normalized_regret(chosen, c_test, z_test, maximize)
 
-    log = EpochLog(regret)
+    log = EpochLog(regret, epochs, evaluate)
     model.fit(
         stored["x_train"].astype(np.float32),
         targets.astype(np.float32),
@@ -191,6 +218,7 @@ def run_method(method: str, problem: str, stored: dict, seed: int, epochs: int, 
         "epoch_cpu_s": log.epoch_cpu_s,
         "loss": log.loss,
         "regret": log.regrets,
+        "regret_epochs": log.regret_epochs,
         "jit_compile": in_graph,
     }
 
@@ -225,7 +253,7 @@ def main() -> None:
         return facts
 
     def run_one(method, problem, stored, seed):
-        result = run_method(method, problem, stored, seed, args.epochs, args.solver, args.verbose)
+        result = run_method(method, problem, stored, seed, args.epochs, args.solver, args.verbose, args.eval)
         return {"peer_method": PEER_NAME[method], "hyper": hyper_parameters(method, problem, args.solver), **result}
 
     runs.run_all(args, "ours", "pyepo_ours", machine, run_one)

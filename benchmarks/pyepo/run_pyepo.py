@@ -68,7 +68,7 @@ METHODS = ("2s", "2s_mse", "spo+", "dbb", "dpo", "pfyl", "imle")
 EPOCHS = 20
 BATCH = 32
 LEARNING_RATE = {"2s_mse": 1e-2, "spo+": 1e-2, "dbb": 1e-1, "dpo": 1e-2, "pfyl": 1e-2, "imle": 1e-2}
-DBB_LAMBDA = {"sp": 20.0, "ks": 10.0}
+DBB_LAMBDA = {"sp": 20.0, "ks": 10.0, "ks2": 10.0}
 PERTURBED = {"n_samples": 1, "sigma": 1.0}  # dpo and pfyl
 IMLE = {"n_samples": 3, "sigma": 1.0, "lambd": 10.0}
 
@@ -181,7 +181,8 @@ def run_two_stage(stored: dict, optmodel, test) -> dict:
     return {"fit_s": fit_s, "regret": [float(pyepo.metric.regret(predictor.predict, optmodel, test))]}
 
 
-def run_method(method: str, problem: str, stored: dict, seed: int, epochs: int, labels: str) -> dict:
+def run_method(method: str, problem: str, stored: dict, seed: int, epochs: int, labels: str,
+               evaluate: str = "every") -> dict:
     import pyepo
     import torch
 
@@ -195,7 +196,8 @@ def run_method(method: str, problem: str, stored: dict, seed: int, epochs: int, 
     loss_fn = make_loss(method, problem, optmodel)
     epoch_s, epoch_cpu_s, losses = [], [], []
     regrets = [float(pyepo.metric.regret(model, optmodel, test))]
-    for _ in range(epochs):
+    regret_epochs = [0]
+    for epoch in range(1, epochs + 1):
         model.train()
         total, start, start_cpu = 0.0, time.perf_counter(), time.process_time()
         for x, c, w, z in train:
@@ -207,8 +209,11 @@ def run_method(method: str, problem: str, stored: dict, seed: int, epochs: int, 
         epoch_s.append(time.perf_counter() - start)
         epoch_cpu_s.append(time.process_time() - start_cpu)
         losses.append(total / len(train.dataset))
-        regrets.append(float(pyepo.metric.regret(model, optmodel, test)))
-    return {"epoch_s": epoch_s, "epoch_cpu_s": epoch_cpu_s, "loss": losses, "regret": regrets}
+        if evaluate == "every" or epoch == epochs:
+            regrets.append(float(pyepo.metric.regret(model, optmodel, test)))
+            regret_epochs.append(epoch)
+    return {"epoch_s": epoch_s, "epoch_cpu_s": epoch_cpu_s, "loss": losses, "regret": regrets,
+            "regret_epochs": regret_epochs}
 
 
 def machine() -> dict:
@@ -240,7 +245,7 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
 
     def run_one(method, problem, stored, seed):
-        result = run_method(method, problem, stored, seed, args.epochs, args.labels)
+        result = run_method(method, problem, stored, seed, args.epochs, args.labels, args.eval)
         return {"labels": args.labels, "hyper": hyper_parameters(method, problem), **result}
 
     runs.run_all(args, "pyepo", "pyepo_peer", machine, run_one)

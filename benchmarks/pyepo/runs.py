@@ -23,13 +23,16 @@ RESULTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "results"
 def make_parser(description: str, methods: Sequence[str], epochs: int) -> argparse.ArgumentParser:
     """The arguments both runners take (a runner adds its own)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--problem", nargs="+", default=["sp"], choices=["sp", "ks"])
+    parser.add_argument("--problem", nargs="+", default=["sp"], choices=list(data.PROBLEMS))
     parser.add_argument("--deg", nargs="+", type=int, default=list(data.DEGREES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--methods", nargs="+", default=list(methods), choices=methods)
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--quick", action="store_true", help="sp, degree 4, seed 0, 2 epochs")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in the results file")
+    parser.add_argument("--eval", default="every", choices=["every", "final"],
+                        help="test regret after every epoch, or before training and after the last only "
+                             "(the table needs the last; PyEPO's per-instance solves make each evaluation slow)")
     parser.add_argument("--output", default=None, help="results file (default results/<name>[_quick].jsonl)")
     return parser
 

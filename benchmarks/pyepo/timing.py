@@ -50,7 +50,7 @@ def run(side: str, method: str, args, output: pathlib.Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--problem", default="sp", choices=["sp", "ks"])
+    parser.add_argument("--problem", default="sp", choices=["sp", "ks", "ks2"])
     parser.add_argument("--deg", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
