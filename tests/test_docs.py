@@ -31,12 +31,7 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(tp.__path__, "tf_perturbe
 
 # Docstring examples known to fail, in files another change is editing now: each entry is
 # expected to fail (strict: once fixed, the test fails until the entry is removed).
-KNOWN_FAILURES = {
-    "tf_perturbed._src.solvers.numpy_adapter": (
-        "numpy_solver's example expects `3.0` from `solver(tf.eye(3)).numpy().sum()`; "
-        "NumPy 2 prints `np.float32(3.0)`"
-    ),
-}
+KNOWN_FAILURES: dict = {}
 
 
 def _doctest_params():

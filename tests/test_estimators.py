@@ -495,7 +495,7 @@ def test_every_control_variate_is_unbiased(control_variate):
 
 @pytest.mark.parametrize("control_variate", [True, "hard", False])
 def test_a_nan_row_gets_nan_and_leaves_the_other_rows_unchanged(control_variate):
-    # The policy of docs/production.md: a problem with a NaN score has a NaN solution, so its
+    # The policy of docs/guides/hostile_input.md: a problem with a NaN score has a NaN solution, so its
     # perturbed mean and gradient are NaN; other rows equal those of the same batch without it.
     theta = np.random.default_rng(8).normal(size=(3, 5))
     bad = theta.copy()

@@ -5,7 +5,7 @@ NaN exactly where the input holds a NaN, or a ValueError / TypeError /
 InvalidArgumentError that names the problem. A structure that silently ignores a NaN
 (a one-hot, a path, a permutation) counts as a failure.
 
-The policy, also in docs/production.md:
+The policy, also in docs/guides/hostile_input.md:
 - closed-form solvers (argmax, top-k, ranks, sort permutation): ±inf is a score like
   any other; a problem with a NaN score gets a solution of NaN, and so does its
   gradient, in eager mode, graphs and XLA alike;

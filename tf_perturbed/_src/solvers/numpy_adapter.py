@@ -65,7 +65,7 @@ def numpy_solver(
       ...     rows, cols = linear_sum_assignment(s, maximize=True)
       ...     p = np.zeros_like(s); p[rows, cols] = 1; return p
       >>> solver = numpy_solver(assign, event_ndims=2)
-      >>> solver(tf.eye(3)).numpy().sum()
+      >>> float(solver(tf.eye(3)).numpy().sum())
       3.0
     """
     if not callable(fn):
