@@ -153,3 +153,34 @@ def test_perturbed_layer_and_fenchel_young_loss_train_with_xla_and_save(tmp_path
     model.save(tmp_path / "knapsack.keras")
     loaded = keras.saving.load_model(tmp_path / "knapsack.keras", safe_mode=True)
     np.testing.assert_array_equal(loaded.predict(x[:16], verbose=0)["soft"], model.predict(x[:16], verbose=0)["soft"])
+
+
+def test_several_resources_train_with_xla_save_export_and_serve(tmp_path):
+    # Two resources: a linear model learns item values through the Fenchel-Young loss under XLA,
+    # its ImplicitMLE head (hard at inference) gives the same selections from the `.keras` file
+    # (safe mode) and from the exported SavedModel.
+    weights, capacity, n, features = [[3, 1, 4, 1, 5, 2], [2, 4, 1, 3, 1, 2]], [8, 7], 6, 4
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(384, features)).astype("float32")
+    truth = x @ rng.normal(size=(features, n)).astype("float32")
+    y = tp.solvers.knapsack(tf.constant(truth), weights, capacity).numpy()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((features,))
+    scores = keras.layers.Dense(n)(inputs)
+    head = tp.ImplicitMLE("knapsack", noise="gumbel", seed=3, solver_kwargs={"weights": weights, "capacity": capacity})
+    model = keras.Model(inputs, {"scores": scores, "chosen": head(scores)})
+    loss = tp.FenchelYoungLoss("knapsack", weights=weights, capacity=capacity, num_samples=8, sigma=0.5, seed=2)
+    model.compile(keras.optimizers.Adam(0.05), {"scores": loss, "chosen": "mse"},
+                  loss_weights={"scores": 1.0, "chosen": 0.0}, jit_compile=True)
+    history = model.fit(x, {"scores": y, "chosen": y}, epochs=8, batch_size=64, verbose=0).history["scores_loss"]
+    assert history[-1] < 0.5 * history[0], history
+    chosen = model.predict(x, verbose=0)["chosen"]
+    assert np.mean(np.all(chosen == y, -1)) > 0.5  # whole selections right
+    model.export(str(tmp_path / "exported"), verbose=False)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(x[:32], verbose=0)["chosen"], chosen[:32])
+    exported = tf.saved_model.load(str(tmp_path / "exported"))
+    served = exported.serve(tf.constant(x[:32]))
+    served = served if isinstance(served, dict) else dict(zip(["chosen", "scores"], served))
+    np.testing.assert_array_equal(np.asarray(served["chosen"]), chosen[:32])
