@@ -13,8 +13,7 @@ trained with `model.fit` by
   * `fenchel_young`: `tf_perturbed.FenchelYoungLoss("ranks", …)` on the scores θ;
   * `squared`: ½‖(y − c) − θ‖², regressing the (centred, c = 49.5) ranks directly;
   * `blackbox`: ½‖y − y*(θ)‖² through `tf_perturbed.DirectLossGradient("ranks",
-    epsilon < 0)` (the gradient proxy of Vlastelica et al.), when the installed
-    tf_perturbed provides that layer.
+    epsilon < 0)` (the gradient proxy of Vlastelica et al.).
 
 and evaluated on fresh examples drawn from the same model (test labels carry the
 same noise σ, as in the paper), by ranking the scores θ:
@@ -140,10 +139,10 @@ class Method:
 
 # Learning rates and the FY/blackbox ε, M were picked on independently generated data (--seed 1,
 # σ ∈ {0.01, 0.3, 10}, 2,000 examples, 15 epochs) by the mean over σ of the partial rank accuracy
-# against the noiseless ranks; the grid and its results are in docs/notes/2026-12-04-tutorials-history.md. Both FY and
-# blackbox depend on (learning rate, ε) through their ratio only, up to the scale of the initial
-# weights (L_ε(θ) = ε·L_1(θ/ε), the blackbox output is scale-free, Adam ignores the gradient's
-# scale): so ε is fixed and the learning rate tuned.
+# against the noiseless ranks (the grid: docs/notes/2026-12-04-tutorials-history.md). Both FY
+# and blackbox depend on (learning rate, ε) through their ratio only, up to the scale of the
+# initial weights (L_ε(θ) = ε·L_1(θ/ε), the blackbox output is scale-free, Adam ignores the
+# gradient's scale): so ε is fixed and the learning rate tuned.
 METHODS = {
     "fenchel_young": Method(
         learning_rate=0.3,
@@ -155,15 +154,13 @@ METHODS = {
     "squared": Method(
         learning_rate=0.1, loss=lambda args: keras.losses.MeanSquaredError(), center_targets=True
     ),
-}
-
-if hasattr(tf_perturbed, "DirectLossGradient"):
-    METHODS["blackbox"] = Method(
+    "blackbox": Method(
         learning_rate=0.1,
         loss=lambda args: keras.losses.MeanSquaredError(),
         head=lambda args: tf_perturbed.DirectLossGradient("ranks", epsilon=args.blackbox_epsilon),
         params=lambda args: {"epsilon": args.blackbox_epsilon},
-    )
+    ),
+}
 
 
 def train(method: Method, data: RankingData, args, learning_rate: float):
