@@ -6,9 +6,8 @@ Each tutorial is a module of this package, run from the repository root:
     python -m tutorials.label_ranking --quick
 
 and also importable (`from tutorials import warcraft_model`), so that its pieces can be
-read, reused and tested. Every tutorial exposes `main(argv=None) -> dict`, shares the
-command line and the metrics.json layout of `tutorials.shared`, and uses only the public
-`tf_perturbed` API. Pages: docs/tutorials/index.md.
+read, reused and tested. Every tutorial exposes `main(argv=None) -> dict` and shares the
+command line and the metrics.json layout of `tutorials.shared`. Pages: docs/tutorials/index.md.
 """
 
 import os
