@@ -209,7 +209,7 @@ def task_name(strategy: str, replicas: int) -> str:
 
 
 def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m tutorials.{NAME}", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"the quick preset {QUICK} (else {FULL})")
     parser.add_argument("--launch", type=int, default=0, help="start this many local workers on loopback")
     parser.add_argument("--strategy", choices=["multi_worker", "mirrored", "none"], default=None,

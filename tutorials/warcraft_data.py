@@ -403,7 +403,7 @@ def fingerprint(splits: Dict[str, Dict[str, np.ndarray]]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tutorials.warcraft_data", description=__doc__.split("\n")[0])
     parser.add_argument("--grid-size", type=int, default=12)
     parser.add_argument("--num-train", type=int, default=10000)
     parser.add_argument("--num-val", type=int, default=1000)
