@@ -31,19 +31,19 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-# The tutorial imports its own `common` (tutorials/common.py), so the benchmarks' helpers
-# (benchmarks/common.py) are loaded under another name.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tutorials"))
+# The benchmarks' helpers (benchmarks/common.py) are loaded under another name; the tutorials
+# are the package `tutorials` at the repository root.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 _spec = importlib.util.spec_from_file_location("bench_common", pathlib.Path(__file__).resolve().parent / "common.py")
 common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(common)
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import warcraft  # noqa: E402  (the tutorial's network and losses)
-import warcraft_data  # noqa: E402
 
 import tf_perturbed  # noqa: E402
+from tutorials import warcraft_data  # noqa: E402
+from tutorials import warcraft_model as warcraft  # noqa: E402  (the tutorial's network and losses)
 
 NAME = "training_overhead"
 BATCH = 70

@@ -28,7 +28,6 @@ import pytest
 import tensorflow as tf
 
 import tf_perturbed as tp
-from tutorials import warcraft_data, warcraft_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -39,19 +38,12 @@ def _load(name: str):
 
     A benchmark puts its folder on `sys.path` and imports `common` from it: fine in a script's
     own process, not in this one, where other tests may import another `common`. So `sys.path`
-    and the module `common` are restored after the import. training_overhead.py imports the
-    Warcraft tutorial's network and maps as the top-level modules `warcraft` and
-    `warcraft_data` (from `tutorials/` on `sys.path`); they are the package modules
-    `tutorials.warcraft_model` and `tutorials.warcraft_data` now, so those two names are
-    bound to them while it loads.
+    and the module `common` are restored after the import.
     """
     module_name = f"benchmark_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
     saved_path, saved_common = list(sys.path), sys.modules.pop("common", None)
-    aliases = {"warcraft": warcraft_model, "warcraft_data": warcraft_data}
-    saved_aliases = {alias: sys.modules.get(alias) for alias in aliases}
-    sys.modules.update(aliases)
     sys.path.insert(0, str(BENCHMARKS))
     try:
         spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
@@ -66,11 +58,6 @@ def _load(name: str):
         sys.modules.pop("common", None)
         if saved_common is not None:
             sys.modules["common"] = saved_common
-        for alias, saved in saved_aliases.items():
-            if saved is None:
-                sys.modules.pop(alias, None)
-            else:
-                sys.modules[alias] = saved
         sys.path[:] = saved_path
     return module
 

@@ -20,6 +20,7 @@ from tf_perturbed._src.layers.perturbed import (
     PerturbedRanks,
     PerturbedTopK,
 )
+from tf_perturbed._src.layers.samples import RepeatSamples, repeat_samples
 from tf_perturbed._src.layers.structured import PerturbedMatching, PerturbedShortestPath
 from tf_perturbed._src.losses import FenchelYoungLoss, SPOPlusLoss
 from tf_perturbed._src.solvers import builtin as _builtin  # noqa: F401  (registers the solvers)
@@ -37,6 +38,7 @@ __all__ = [
     "PerturbedRanks",
     "PerturbedShortestPath",
     "PerturbedTopK",
+    "RepeatSamples",
     "SPOPlusLoss",
     "__version__",
     "direct_categorical_gradient",
@@ -47,6 +49,7 @@ __all__ = [
     "noise",
     "perturbed",
     "perturbed_max",
+    "repeat_samples",
     "seeds",
     "solvers",
     "spo_plus_loss",

@@ -64,10 +64,7 @@ import numpy as np
 import tensorflow as tf
 
 import tf_perturbed
-
-# `[B, ...]` → `[B, M, ...]`: M copies of each example, one noise draw each (to become
-# `tf_perturbed.RepeatSamples` when the package exports it).
-from tf_perturbed._src.layers.samples import RepeatSamples
+from tf_perturbed import RepeatSamples  # [B, ...] → [B, M, ...]: M copies, one noise draw each
 from tutorials import shared
 
 NAME = "sorting_numbers"

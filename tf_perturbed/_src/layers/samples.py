@@ -28,9 +28,7 @@ def repeat_samples(inputs, num_samples: int) -> tf.Tensor:
       TypeError, ValueError: for a `num_samples` that is not an integer ≥ 1.
 
     Example:
-      >>> import tensorflow as tf
-      >>> from tf_perturbed._src.layers.samples import repeat_samples
-      >>> tuple(repeat_samples(tf.constant([[1.0, 2.0], [3.0, 4.0]]), 3).shape)
+      >>> tuple(tp.repeat_samples(tf.constant([[1.0, 2.0], [3.0, 4.0]]), 3).shape)
       (2, 3, 2)
     """
     num_samples = validate.integer(num_samples, "num_samples")
@@ -58,9 +56,7 @@ class RepeatSamples(keras.layers.Layer):
       TypeError, ValueError: for a `num_samples` that is not an integer ≥ 1.
 
     Example:
-      >>> import numpy as np
-      >>> from tf_perturbed._src.layers.samples import RepeatSamples
-      >>> tuple(RepeatSamples(2)(np.zeros((4, 3, 3), "float32")).shape)
+      >>> tuple(tp.RepeatSamples(2)(np.zeros((4, 3, 3), "float32")).shape)
       (4, 2, 3, 3)
     """
 
