@@ -20,7 +20,7 @@ $(BIN)/python:
 # The package is installed without its declared `tensorflow` dependency because
 # the CPU wheel pinned above provides the same module at a fraction of the size.
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install -q $(PINS) numpy scipy pytest pytest-xdist ruff hypothesis matplotlib mlxtend scikit-learn
+	$(BIN)/pip install -q $(PINS) numpy scipy pytest pytest-xdist ruff hypothesis matplotlib mlxtend scikit-learn setuptools wheel
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
