@@ -46,7 +46,8 @@ def test_relative_links_and_paths_exist():
     links = [m.group(1) for m in re.finditer(r"\]\(([^)#]+)(?:#[^)]*)?\)", text) if "://" not in m.group(1)]
     paths = re.findall(r"`((?:tutorials|docs|benchmarks|tests)/[^`* ]+)`", text)
     assert links, "no relative links found"
-    missing = [path for path in links + paths if not (ROOT / path).exists()]
+    generated = ("docs/build",)  # made by `make docs`, absent from a fresh clone
+    missing = [path for path in links + paths if not (ROOT / path).exists() and not path.startswith(generated)]
     assert not missing, missing
 
 

@@ -7,6 +7,7 @@ argument checks, a config round-trip, graph mode and XLA, and the reason for the
 copies of one example get different solutions and a loss averaged over them.
 """
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -49,6 +50,23 @@ def test_config_round_trip():
     layer = RepeatSamples(4, name="copies")
     clone = RepeatSamples.from_config(layer.get_config())
     assert (clone.num_samples, clone.name) == (4, "copies")
+
+
+def test_saved_in_safe_mode_and_exported(tmp_path):
+    # The layer's share of the layer contract (it has no solver and no seed): a model with it
+    # loads from its `.keras` file in safe mode and serves from a SavedModel, same outputs.
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, RepeatSamples(3)(keras.layers.Dense(2)(inputs)))
+    x = _inputs((5, 4))
+    expected = model.predict(x, verbose=0)
+    assert expected.shape == (5, 3, 2)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+    model.export(str(tmp_path / "exported"), verbose=False)
+    exported = tf.saved_model.load(str(tmp_path / "exported"))  # kept: its variables live as long as it does
+    served = exported.serve(tf.constant(x))
+    np.testing.assert_allclose(np.asarray(served), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
