@@ -82,8 +82,8 @@ def check_arguments(weights, capacity) -> tuple:
     if states > MAX_STATES:
         raise ValueError(
             f"Expected a capacity whose table Π (capacity + 1) has at most {MAX_STATES} entries, received: "
-            f"capacity={capacity!r} ({states} entries); solve larger problems with a MIP solver through "
-            "`tf_perturbed.solvers.numpy_solver`"
+            f"capacity={capacity!r} ({states} entries); solve larger problems with a MIP solver, "
+            "`tf_perturbed.solvers.milp`"
         )
     return table, capacities
 
@@ -91,8 +91,8 @@ def check_arguments(weights, capacity) -> tuple:
 def _table(weights: Weights, capacity) -> tuple:
     """(weights `[k, n]`, table sizes `[k]` = capacity + 1) as int32 constants, for one or k resources.
 
-    A weight above its capacity becomes capacity + 1: such an item never fits either way,
-    and the flattened offsets stay below 2 · Π_d (C_d + 1), within int32.
+    A weight above its capacity becomes capacity + 1: such an item never fits either way
+    (and `_solve` keeps every offset below the table's size, within int32).
     """
     table = np.array([weights] if isinstance(capacity, int) else weights, np.int64)  # [k, n]
     sizes = np.array([capacity] if isinstance(capacity, int) else capacity, np.int64) + 1  # [k]
@@ -112,7 +112,9 @@ def _solve(values: tf.Tensor, weights: tf.Tensor, sizes: tf.Tensor) -> tf.Tensor
     strides = tf.math.cumprod(sizes, exclusive=True)  # [k]
     states = tf.reduce_prod(sizes)
     used = (tf.range(states)[None, :] // strides[:, None]) % sizes[:, None]  # [k, S] capacities of each entry
-    shifts = tf.reduce_sum(weights * strides[:, None], axis=0)  # [n]
+    # [n] offsets < S: a weight above its capacity (never fitting, so its offset is never used)
+    # counts as the capacity there.
+    shifts = tf.reduce_sum(tf.minimum(weights, sizes[:, None] - 1) * strides[:, None], axis=0)
     fits = tf.reduce_all(used[:, None, :] >= weights[:, :, None], axis=0)  # [n, S] (at most 1/B of `taken`)
     items = tf.range(tf.shape(weights)[1])
 
