@@ -75,6 +75,8 @@ def test_a_problem_without_solution_names_its_status_and_index():
         solver(tf.ones([1, 2]))
     with pytest.raises(tf.errors.OpError, match=message):  # in a graph: the op's error, same message
         tf.function(solver.__call__)(tf.ones([1, 2]))
+    with pytest.raises(ValueError, match="problem 1 of the batch has a NaN or infinite score"):
+        tp.solvers.milp(a_ub=[[1.0, 1.0]], b_ub=[1.0])(tf.constant([[1.0, 0.0], [np.nan, 0.0]]))
     unbounded = tp.solvers.milp(a_ub=[[1.0, 0.0]], b_ub=[1.0], lower=-np.inf, upper=np.inf, integrality=0)
     with pytest.raises(ValueError, match="problem 1 of the batch"):
         unbounded(tf.constant([[-1.0, 0.0], [1.0, 0.0]]))
