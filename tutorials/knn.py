@@ -346,7 +346,7 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs (quick 3, else 10)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="episodes per epoch (quick 30, else 40)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam step (paper: 1e-3)")
-    parser.add_argument("--epsilon", type=float, default=-1.0, help="ε < 0, in units of θ (see the docstring)")
+    parser.add_argument("--epsilon", type=float, default=-1.0, help="ε in units of θ (< 0: towards-best, the default; > 0: away from the loss; see the docstring)")
     parser.add_argument("--max-growth-steps", type=int, default=30, help="retries of the 10 %% ε escape")
     parser.add_argument(
         "--sigma-lr-scale", type=float, default=0.1, help="learning-rate factor of σ's head (direct_learned)"

@@ -382,7 +382,7 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=0.1, help="Adam step of the scores (paper: 0.1)")
     parser.add_argument("--num-samples", type=int, default=5, help="noise draws per sequence (paper: 5)")
-    parser.add_argument("--epsilon", type=float, default=-12.0, help="ε < 0, normalised per sequence")
+    parser.add_argument("--epsilon", type=float, default=-12.0, help="ε, normalised per sequence (< 0: towards-best, the default; > 0: away from the loss)")
     parser.add_argument("--max-growth-steps", type=int, default=10, help="retries of the 10 %% ε escape")
     parser.add_argument(
         "--sigma-lr-scale", type=float, default=0.01, help="learning-rate factor of σ's head (direct_learned)"
