@@ -126,15 +126,20 @@ def test_values_of_another_length_than_the_weights_are_named():
         tp.solvers.knapsack(tf.ones([2, 4]), [1, 2, 3], 4)
 
 
+def _features_and_selections(weights, capacity, n: int, features: int, num: int, seed: int):
+    """Features x `[num, features]` and the optimal selections of the true values x·W (W drawn too)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num, features)).astype("float32")
+    truth = x @ rng.normal(size=(features, n)).astype("float32")
+    return x, tp.solvers.knapsack(tf.constant(truth), weights, capacity).numpy()
+
+
 def test_perturbed_layer_and_fenchel_young_loss_train_with_xla_and_save(tmp_path):
     # A linear model predicts item values from features; the labels are the optimal selections
     # of the true values. The Fenchel-Young loss falls, and the trained model's selections
     # are mostly the optimal ones; the loss and a perturbed layer round-trip through .keras.
     weights, capacity, n, features = [3, 1, 4, 1, 5, 2, 6, 2], 10, 8, 5
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(512, features)).astype("float32")
-    truth = x @ rng.normal(size=(features, n)).astype("float32")
-    y = tp.solvers.knapsack(tf.constant(truth), weights, capacity).numpy()
+    x, y = _features_and_selections(weights, capacity, n, features, num=512, seed=0)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((features,))
     scores = keras.layers.Dense(n)(inputs)
@@ -160,10 +165,7 @@ def test_several_resources_train_with_xla_save_export_and_serve(tmp_path):
     # its ImplicitMLE head (hard at inference) gives the same selections from the `.keras` file
     # (safe mode) and from the exported SavedModel.
     weights, capacity, n, features = [[3, 1, 4, 1, 5, 2], [2, 4, 1, 3, 1, 2]], [8, 7], 6, 4
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(384, features)).astype("float32")
-    truth = x @ rng.normal(size=(features, n)).astype("float32")
-    y = tp.solvers.knapsack(tf.constant(truth), weights, capacity).numpy()
+    x, y = _features_and_selections(weights, capacity, n, features, num=384, seed=5)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((features,))
     scores = keras.layers.Dense(n)(inputs)
