@@ -258,6 +258,77 @@ def test_path_metrics_by_hand():
     assert metrics["cost_ratio"] == pytest.approx((1.0 + 1.5 + 3.5) / 3)
 
 
+def test_is_induced_path_by_hand():
+    diagonal = np.eye(4, dtype=np.float32)
+    assert warcraft_training.is_induced_path(diagonal)
+    staircase = np.array([[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)
+    assert warcraft_training.is_induced_path(staircase)
+    shortcut = diagonal.copy()
+    shortcut[1, 0] = 1.0  # (0,0)–(1,0)–(1,1): (0,0) touches (1,1) directly
+    assert not warcraft_training.is_induced_path(shortcut)
+    branch = diagonal.copy()
+    branch[0, 2] = 1.0  # a spur next to (1,1): three masked neighbours there
+    assert not warcraft_training.is_induced_path(branch)
+    broken = diagonal.copy()
+    broken[2, 2] = 0.0  # (1,1) and (3,3) do not touch
+    assert not warcraft_training.is_induced_path(broken)
+    island = np.eye(8, dtype=np.float32)
+    for v in [(0, 5), (1, 4), (1, 6), (2, 5)]:  # a ring apart: every count right, never reached
+        island[v] = 1.0
+    assert not warcraft_training.is_induced_path(island)
+    no_end = diagonal.copy()
+    no_end[3, 3] = 0.0
+    assert not warcraft_training.is_induced_path(no_end)
+    loop = np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1]], np.float32)  # a ring through both corners
+    assert not warcraft_training.is_induced_path(loop)
+
+
+def test_shortest_paths_are_induced_paths():
+    # Every shortest path under positive vertex costs is an induced path (a shortcut would cost less).
+    costs = np.random.default_rng(3).choice([0.8, 1.2, 5.3, 7.7, 9.2], size=(40, 8, 8)).astype(np.float32)
+    paths = warcraft_data.shortest_paths(costs)
+    assert all(warcraft_training.is_induced_path(path) for path in paths)
+
+
+def test_mask_metrics_by_hand():
+    costs = np.array([[[1.0, 5.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]] * 4, np.float32)
+    true = np.array([np.eye(3)] * 4, np.float32)  # diagonal, cost 3
+    detour = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 1]], np.float32)  # (0,0)(1,0)(2,1)(2,2): cost 4
+    not_a_path = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 1]], np.float32)  # (0,0) touches (0,1) and (1,1)
+    pred = np.stack([true[0], detour, not_a_path, np.zeros((3, 3), np.float32)])
+    metrics = warcraft_training.mask_metrics(pred, true, costs)
+    assert metrics["valid_path_rate"] == pytest.approx(2 / 4)
+    assert metrics["perfect_path_accuracy"] == pytest.approx(1 / 4)  # only the label itself
+    assert metrics["exact_match"] == pytest.approx(1 / 4)
+    assert metrics["cost_ratio"] == pytest.approx((1.0 + 4 / 3) / 2)  # over the two paths
+    none = warcraft_training.mask_metrics(pred[2:], true[2:], costs[2:])
+    assert none["valid_path_rate"] == 0.0 and none["perfect_path_accuracy"] == 0.0
+    assert np.isnan(none["cost_ratio"])
+
+
+def test_squared_paths_baseline_trains_without_a_solver(tmp_path):
+    # The paper's squared baseline: path scores regressed onto the masks, thresholded at ½.
+    argv = [
+        "--output-dir", str(tmp_path), "--methods", "squared_paths,fenchel_young",
+        "--num-train", "14", "--num-val", "7", "--num-test", "7",
+        "--epochs", "2", "--batch-size", "7", "--verbose", "0",
+    ]  # fmt: skip
+    warcraft.main(argv)
+    payload = json.loads((tmp_path / "metrics.json").read_text())
+    row = payload["results"][0]
+    assert row["method"] == "squared_paths" and row["symmetric_views"] is False
+    assert row["cost_by_terrain"] is None and 0.0 <= row["valid_path_rate"] <= 1.0
+    assert row["perfect_path_accuracy"] <= row["valid_path_rate"]
+    assert row["final_loss"] < payload["curves"]["squared_paths"]["loss"][0]
+    assert "valid_path_rate" in payload["curves"]["squared_paths"]["val"][0]
+    assert payload["serving"]["method"] == "fenchel_young"  # the first method with a solver
+    model, loss, target = warcraft_model.build_method(
+        "squared_paths", warcraft_model.build_cost_model(48, 6), warcraft.parse_args(["--quick"])
+    )
+    assert target == "paths" and tuple(model.output.shape) == (None, 6, 6)
+    assert "positive" not in [layer.name for layer in model.layers]  # unbounded scores, no softplus
+
+
 def test_model_shapes_and_schedule():
     model = warcraft_model.build_cost_model(96, 12)
     costs = model(np.zeros((2, 96, 96, 3), np.float32))

@@ -11,7 +11,7 @@ costs. This module is the command line; the pieces are in
   warcraft_serving   the SavedModel export and the fresh-process serving.
 
 Each method in `--methods` is trained with `model.fit` and scored on the test split; the
-first one is exported (image → path) and served from a fresh process (`--no-export` skips
+first one with a solver is exported (image → path) and served from a fresh process (`--no-export` skips
 it). Outputs in `--output-dir`: metrics.json, curves.png, paths_<method>.png, the SavedModel,
 and the generated maps cached under data/warcraft/ (`--data-dir`).
 
@@ -29,7 +29,7 @@ import pathlib
 from typing import List, Optional
 
 from tutorials import shared, warcraft_data
-from tutorials.warcraft_model import DEFAULT_METHODS, METHODS, REDUCTIONS
+from tutorials.warcraft_model import DEFAULT_METHODS, MASK_METHODS, METHODS, REDUCTIONS
 from tutorials.warcraft_serving import export_and_serve
 from tutorials.warcraft_training import plot_training, run_method
 
@@ -150,9 +150,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
             )
             print(f"{row['method']} cost / map mean, true: predicted mean [5th, 95th percentile]: {spread}")
     serving = {}
-    if not args.no_export:
-        # The first method's model is exported (Fenchel-Young in `make demo`).
-        method = args.methods[0]
+    solver_methods = [m for m in args.methods if m not in MASK_METHODS]
+    if not args.no_export and solver_methods:
+        # The first method with a solver is exported (Fenchel-Young in `make demo`).
+        method = solver_methods[0]
         print(f"\nexporting the {method} model (image → path) and serving it from a fresh process:")
         serving = export_and_serve(
             runs[method]["model"], data["test"]["images"][:8], args.output_dir / f"saved_model_{method}"

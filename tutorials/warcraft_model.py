@@ -8,6 +8,11 @@ softplus). `build_method` wraps it for one training method and names its loss an
                  on the costs divided by their per-map mean (`normalize_costs`): the loss is
                  1-homogeneous in the costs, and the division removes that direction;
   squared        mean squared error to the true costs (a baseline that sees the costs);
+  squared_paths  the paper's squared-loss baseline (Berthet et al. App. C.3, after Vlastelica
+                 et al.): the same network without an optimizer layer, its 1×1 convolution
+                 giving one path score per vertex, trained by the mean squared error to the
+                 true path (`build_path_score_model`); the prediction is the mask of scores
+                 above ½, not a solver's path (`MASK_METHODS`);
   blackbox       `tf_perturbed.DirectLossGradient("shortest_path", epsilon=-λ/70)` and a
                  Hamming loss to the true path (Vlastelica et al., λ = 20 at their batch 70:
                  `blackbox_epsilon`);
@@ -31,8 +36,9 @@ import tensorflow as tf
 import tf_perturbed
 from tutorials import warcraft_data
 
-METHODS = ("fenchel_young", "squared", "blackbox", "spo_plus", "imle", "terrain_classifier")
+METHODS = ("fenchel_young", "squared", "blackbox", "spo_plus", "imle", "squared_paths", "terrain_classifier")
 DEFAULT_METHODS = ("fenchel_young", "squared", "blackbox")
+MASK_METHODS = ("squared_paths",)  # predict a mask without a solver: scored by `mask_metrics`
 # PyTorch's batch-norm momentum 0.1 (the original ResNet18) is Keras's 0.9. Keras's default
 # 0.99 leaves the moving statistics far from the batch ones after a short training run.
 BN_MOMENTUM = 0.9
@@ -206,6 +212,8 @@ def build_method(method: str, cost_model: keras.Model, args, train_paths: Option
         return model, loss, "paths"
     if method == "squared":
         return cost_model, keras.losses.MeanSquaredError(), "costs"
+    if method == "squared_paths":
+        return build_path_score_model(cost_model), keras.losses.MeanSquaredError(), "paths"
     if method == "blackbox":
         return _blackbox_model(cost_model, args), hamming_loss, "paths"
     if method == "spo_plus":
@@ -216,6 +224,18 @@ def build_method(method: str, cost_model: keras.Model, args, train_paths: Option
         f"Expected `method` in {METHODS[:-1]} (the terrain classifier has its own builder, "
         f"`build_terrain_classifier`), received: method={method!r}"
     )
+
+
+def build_path_score_model(cost_model: keras.Model) -> keras.Model:
+    """Images → one unbounded path score per vertex `[B, g, g]`, no solver.
+
+    Shares the cost model's network up to the pool onto the grid; a 1×1 convolution without
+    the softplus gives the score that the squared loss pulls towards the 0/1 path mask.
+    """
+    features = cost_model.get_layer("grid_pool").output  # [B, g, g, 64]
+    scores = keras.layers.Conv2D(1, 1, name="to_path")(features)  # [B, g, g, 1]
+    scores = keras.layers.Reshape(cost_model.output.shape[1:], name="path_scores")(scores)
+    return keras.Model(cost_model.input, scores, name="warcraft_path_scores")
 
 
 def terrain_classes(costs: np.ndarray) -> np.ndarray:

@@ -7,7 +7,9 @@ Training maps are turned by a random corner-keeping symmetry, anew each epoch
 Metrics of predicted paths (`path_metrics`): perfect_path_accuracy (true cost equal to the
 optimal cost, relative tolerance 1e-5), exact_match (the same mask as the label) and
 cost_ratio (true cost over optimal cost, averaged); `cost_by_terrain` compares the
-predicted costs of each terrain with the true ones.
+predicted costs of each terrain with the true ones. A method without a solver
+(`MASK_METHODS`) predicts a mask, which `mask_metrics` scores: it is a perfect path when it
+is a corner-to-corner path (`is_induced_path`) of optimal cost.
 """
 
 import pathlib
@@ -20,6 +22,7 @@ import tensorflow as tf
 
 from tutorials import shared, warcraft_data
 from tutorials.warcraft_model import (
+    MASK_METHODS,
     blackbox_epsilon,
     build_cost_model,
     build_method,
@@ -103,8 +106,25 @@ class PathPredictor:
             return np.zeros((0,) + tuple(self._grid), np.float32)
         return warcraft_data.map_in_batches(self._costs, images, self.batch_size)
 
+    def decode(self, costs: np.ndarray) -> np.ndarray:
+        """Masks `[N, g, g]` of the model's outputs: shortest paths of the costs."""
+        return warcraft_data.shortest_paths(costs)
+
+    def metrics(self, pred_paths: np.ndarray, split: Dict[str, np.ndarray]) -> Dict[str, float]:
+        return path_metrics(pred_paths, split["paths"], split["costs"])
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return warcraft_data.shortest_paths(self.costs(images))
+        return self.decode(self.costs(images))
+
+
+class MaskPredictor(PathPredictor):
+    """Masks of a path-score model without a solver: the vertices scored above ½."""
+
+    def decode(self, costs: np.ndarray) -> np.ndarray:
+        return (costs > 0.5).astype(np.float32)
+
+    def metrics(self, pred_paths: np.ndarray, split: Dict[str, np.ndarray]) -> Dict[str, float]:
+        return mask_metrics(pred_paths, split["paths"], split["costs"])
 
 
 def path_metrics(pred_paths: np.ndarray, true_paths: np.ndarray, true_costs: np.ndarray) -> Dict[str, float]:
@@ -119,6 +139,56 @@ def path_metrics(pred_paths: np.ndarray, true_paths: np.ndarray, true_costs: np.
         "exact_match": float(np.mean(np.all(pred_paths == true_paths, axis=(1, 2)))),
         "cost_ratio": float(np.mean(ratio)),
     }
+
+
+def is_induced_path(mask: np.ndarray) -> bool:
+    """Whether a 0/1 mask `[g, g]` is a path from the top-left to the bottom-right vertex.
+
+    The masked vertices must be connected (8 neighbours), each end must have exactly one
+    masked neighbour and every other masked vertex exactly two: a simple path with no
+    shortcut between non-consecutive vertices, which every shortest path under positive
+    vertex costs is (a shortcut would cost less).
+    """
+    mask = np.asarray(mask) > 0.5
+    g = mask.shape[0]
+    ends = {(0, 0), (g - 1, g - 1)}
+    if g == 1 or not all(mask[v] for v in ends):
+        return g == 1 and bool(mask[0, 0])
+    padded = np.pad(mask, 1)
+    neighbours = sum(
+        padded[1 + di : 1 + di + g, 1 + dj : 1 + dj + g] for di in (-1, 0, 1) for dj in (-1, 0, 1) if di or dj
+    )
+    cells = list(zip(*np.nonzero(mask)))
+    if any(neighbours[v] != (1 if v in ends else 2) for v in cells):
+        return False
+    seen, stack = {(0, 0)}, [(0, 0)]
+    while stack:
+        i, j = stack.pop()
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                v = (i + di, j + dj)
+                if 0 <= v[0] < g and 0 <= v[1] < g and mask[v] and v not in seen:
+                    seen.add(v)
+                    stack.append(v)
+    return len(seen) == len(cells)
+
+
+def mask_metrics(pred_masks: np.ndarray, true_paths: np.ndarray, true_costs: np.ndarray) -> Dict[str, float]:
+    """`path_metrics` of masks that need not be paths, all `[N, g, g]`, plus valid_path_rate.
+
+    A mask is a perfect path when it is a path (`is_induced_path`) of optimal true cost;
+    cost_ratio averages over the masks that are paths (NaN when none is).
+    """
+    valid = np.array([is_induced_path(m) for m in pred_masks], bool)
+    metrics = path_metrics(pred_masks, true_paths, true_costs)
+    if np.any(valid):
+        on_paths = path_metrics(pred_masks[valid], true_paths[valid], true_costs[valid])
+        metrics["perfect_path_accuracy"] = on_paths["perfect_path_accuracy"] * float(np.mean(valid))
+        metrics["cost_ratio"] = on_paths["cost_ratio"]
+    else:
+        metrics.update(perfect_path_accuracy=0.0, cost_ratio=float("nan"))
+    metrics["valid_path_rate"] = float(np.mean(valid))
+    return metrics
 
 
 def cost_by_terrain(pred_costs: np.ndarray, true_costs: np.ndarray) -> Optional[Dict[str, dict]]:
@@ -162,8 +232,7 @@ class PathMetrics(keras.callbacks.Callback):
         self._prefix = "\n" if verbose == 1 else ""
 
     def on_epoch_end(self, epoch, logs=None):
-        paths = self.predictor(self.split["images"])
-        metrics = path_metrics(paths, self.split["paths"], self.split["costs"])
+        metrics = self.predictor.metrics(self.predictor(self.split["images"]), self.split)
         self.history.append(metrics)
         print(
             f"{self._prefix}  val: perfect_path_accuracy={metrics['perfect_path_accuracy']:.3f} "
@@ -258,7 +327,10 @@ def run_method(method: str, data: dict, args) -> dict:
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss, jit_compile=args.jit_compile
     )
-    predictor = PathPredictor(cost_model, args.batch_size)
+    masks = method in MASK_METHODS  # no solver: the model's scores are thresholded
+    if masks:
+        cost_model = model
+    predictor = (MaskPredictor if masks else PathPredictor)(cost_model, args.batch_size)
     timer, path_callback = _EpochTimer(), PathMetrics(predictor, val, args.verbose)
     print(f"\n=== {method}: {len(train['images'])} training maps, {args.epochs} epochs ===")
     start = time.perf_counter()
@@ -278,15 +350,16 @@ def run_method(method: str, data: dict, args) -> dict:
     )
     train_seconds = time.perf_counter() - start
     single_costs = predictor.costs(test["images"])  # [N, g, g]
-    single_view = path_metrics(warcraft_data.shortest_paths(single_costs), test["paths"], test["costs"])
+    single_view = predictor.metrics(predictor.decode(single_costs), test)
     final_model, pred_costs = cost_model, single_costs
-    if args.symmetric_views:
+    symmetric = bool(args.symmetric_views) and not masks  # views average costs, not path scores
+    if symmetric:
         final_model = build_symmetric_cost_model(cost_model)
         pred_costs = PathPredictor(final_model, args.batch_size).costs(test["images"])
-    pred_paths = warcraft_data.shortest_paths(pred_costs)
-    row = {"method": method, **path_metrics(pred_paths, test["paths"], test["costs"])}
-    row.update(symmetric_views=bool(args.symmetric_views), single_view=single_view)
-    row["cost_by_terrain"] = cost_by_terrain(single_costs, test["costs"])
+    pred_paths = predictor.decode(pred_costs)
+    row = {"method": method, **predictor.metrics(pred_paths, test)}
+    row.update(symmetric_views=symmetric, single_view=single_view)
+    row["cost_by_terrain"] = None if masks else cost_by_terrain(single_costs, test["costs"])
     if method == "fenchel_young":
         row.update(
             sigma=args.sigma, num_samples=args.num_samples, perturbation=args.perturbation, normalize=args.normalize
@@ -315,7 +388,7 @@ def run_method(method: str, data: dict, args) -> dict:
     )
     plot_paths(
         test["images"], test["paths"], pred_paths, method, args.output_dir / f"paths_{method}.png",
-        true_costs=test["costs"],
+        true_costs=None if masks else test["costs"],
     )  # fmt: skip
     return {"row": row, "loss": history.history["loss"], "val": path_callback.history, "model": final_model}
 
