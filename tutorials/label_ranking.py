@@ -12,8 +12,17 @@ trained with `model.fit` by
 
   * `fenchel_young`: `tf_perturbed.FenchelYoungLoss("ranks", …)` on the scores θ;
   * `squared`: ½‖(y − c) − θ‖², regressing the (centred, c = 49.5) ranks directly;
+  * `perturbed_squared`: ½‖y − ŷ_ε(θ)‖² with ŷ_ε = `tf_perturbed.PerturbedRanks` (the
+    Monte-Carlo mean of the ranks of θ + εZ, trained through its Monte-Carlo Jacobian;
+    the paper's "perturbed + squared", App. C.2), ε and M those of the FY loss;
   * `blackbox`: ½‖y − y*(θ)‖² through `tf_perturbed.DirectLossGradient("ranks",
     epsilon < 0)` (the gradient proxy of Vlastelica et al.).
+
+Each method's learning rate is chosen per σ (unless `--no-learning-rate-search`): every
+rate of `--learning-rates` trains on the first 1 − f of the training examples, the rate
+with the best mean Spearman correlation on the last f (`--validation-fraction`; noisy
+labels, as the paper's cross-validation) wins, and the model is trained again with it on
+the whole training split. The test metrics of that run are recorded after every epoch.
 
 and evaluated on fresh examples drawn from the same model (test labels carry the
 same noise σ, as in the paper), by ranking the scores θ:
@@ -28,6 +37,7 @@ w₀ itself is recovered). `reference` in metrics.json gives the metrics of w₀
 Run:  python -m tutorials.label_ranking --quick
 """
 
+import argparse
 import dataclasses
 from typing import Callable, Optional
 
@@ -40,11 +50,22 @@ from tutorials import shared
 NAME = "label_ranking"
 NUM_FEATURES = 50
 NUM_LABELS = 100
-QUICK = dict(num_train=2000, num_test=1000, epochs=15, noise_sigmas=[0.01, 0.3, 10.0])
+# The rate grids are centred (in log scale) on the tuned defaults 0.1 and 0.3 of `METHODS`:
+# five rates a factor √10 apart span 100× (quick: three rates a factor √10 apart span 10×).
+QUICK = dict(
+    num_train=2000, num_test=1000, epochs=15, noise_sigmas=[0.01, 0.3, 10.0], learning_rates=[0.03, 0.1, 0.3]
+)
 FULL = dict(
-    num_train=5000, num_test=2000, epochs=30, noise_sigmas=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0]
+    num_train=5000,
+    num_test=2000,
+    epochs=30,
+    noise_sigmas=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0],
+    learning_rates=[0.01, 0.03, 0.1, 0.3, 1.0],
 )
 METRICS = ("perfect_rank_accuracy", "partial_rank_accuracy", "spearman")
+# The learning rates are chosen by the validation Spearman correlation: the metric by which the
+# paper chose its learning rates (App. C.2, Tables 1-2, 5-fold cross-validation).
+SELECTION_METRIC = "spearman"
 
 
 # -------------------------------------------------------------------------- data
@@ -160,29 +181,108 @@ METHODS = {
         head=lambda args: tf_perturbed.DirectLossGradient("ranks", epsilon=args.blackbox_epsilon),
         params=lambda args: {"epsilon": args.blackbox_epsilon},
     ),
+    # ŷ_ε and the target y are both ranks 0…99, so centring would shift both alike: not needed.
+    # Its rate (used with --no-learning-rate-search) was not tuned: the squared losses' 0.1.
+    "perturbed_squared": Method(
+        learning_rate=0.1,
+        loss=lambda args: keras.losses.MeanSquaredError(),
+        head=lambda args: tf_perturbed.PerturbedRanks(
+            num_samples=args.fy_num_samples, sigma=args.fy_sigma, seed=args.seed
+        ),
+        params=lambda args: {"sigma": args.fy_sigma, "num_samples": args.fy_num_samples},
+    ),
 }
 
 
-def train(method: Method, data: RankingData, args, learning_rate: float):
-    """Fits one linear model; returns (scores model, Keras history)."""
+def train(method: Method, x, y, args, learning_rate: float, callbacks=()):
+    """Fits one linear model on features x `[N, 50]` and ranks y `[N, 100]`.
+
+    Returns:
+      (scores model, Keras history).
+    """
     inputs = keras.Input((NUM_FEATURES,))
     scores = keras.layers.Dense(NUM_LABELS, use_bias=False, name="scores")(inputs)  # [B, 100]
     scores_model = keras.Model(inputs, scores)
     outputs = scores if method.head is None else method.head(args)(scores)
     train_model = keras.Model(inputs, outputs)
-    steps = args.epochs * (-(-len(data.x_train) // args.batch_size))
+    steps = args.epochs * (-(-len(x) // args.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
     train_model.compile(optimizer=keras.optimizers.Adam(schedule), loss=method.loss(args))
-    target = data.y_train - (NUM_LABELS - 1) / 2.0 if method.center_targets else data.y_train
+    target = y - (NUM_LABELS - 1) / 2.0 if method.center_targets else y
     history = train_model.fit(
-        data.x_train,
+        x,
         target,
         batch_size=args.batch_size,
         epochs=args.epochs,
         verbose=args.verbose,
         shuffle=True,
+        callbacks=list(callbacks),
     )
     return scores_model, history
+
+
+def scores_of(scores_model, x) -> np.ndarray:
+    return scores_model.predict(x, batch_size=1024, verbose=0)
+
+
+class EpochMetrics(keras.callbacks.Callback):
+    """Perfect and partial rank accuracy of the test examples after every epoch, noisy and noiseless."""
+
+    KEYS = ("perfect_rank_accuracy", "partial_rank_accuracy")
+
+    def __init__(self, data: RankingData):
+        super().__init__()
+        self.data = data
+        self.curves = {key + suffix: [] for suffix in ("", "_noiseless") for key in self.KEYS}
+
+    def on_train_begin(self, logs=None):
+        self.scores_model = keras.Model(self.model.inputs, self.model.get_layer("scores").output)
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = evaluate(scores_of(self.scores_model, self.data.x_test), self.data)
+        for key, values in self.curves.items():
+            values.append(metrics[key])
+
+
+def select_learning_rate(method: Method, data: RankingData, args) -> tuple:
+    """The rate of `args.learning_rates` with the best validation Spearman correlation.
+
+    The validation examples are the last `args.validation_fraction` of the training split
+    (the examples are i.i.d., so a fixed slice is a random one); every rate trains on the
+    others from the same seed.
+
+    Returns:
+      (the chosen rate, one dict per rate with its validation metrics).
+    """
+    num_fit = len(data.x_train) - validation_size(len(data.x_train), args.validation_fraction)
+    grid = []
+    for learning_rate in args.learning_rates:
+        keras.utils.set_random_seed(args.seed)
+        scores_model, _ = train(method, data.x_train[:num_fit], data.y_train[:num_fit], args, learning_rate)
+        predicted = ranks(scores_of(scores_model, data.x_train[num_fit:]))
+        grid.append(
+            {
+                "learning_rate": learning_rate,
+                **ranking_metrics(predicted, data.y_train[num_fit:], "_validation"),
+            }
+        )
+    best = max(grid, key=lambda row: row[SELECTION_METRIC + "_validation"])  # the first of equals
+    return best["learning_rate"], grid
+
+
+def validation_size(num_train: int, fraction: float) -> int:
+    """The number of validation examples, at least 1 and leaving at least 1 to train on."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(
+            f"Expected `validation_fraction` in (0, 1), received: validation_fraction={fraction}"
+        )
+    size = int(round(fraction * num_train))
+    if not 1 <= size < num_train:
+        raise ValueError(
+            f"Expected `validation_fraction` to leave 1 to {num_train - 1} of the {num_train} training "
+            f"examples for validation, received: validation_fraction={fraction} ({size} examples)"
+        )
+    return size
 
 
 # -------------------------------------------------------------------------- main
@@ -200,11 +300,47 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--fy-num-samples", type=int, default=10, help="M of the Fenchel-Young loss")
     parser.add_argument("--blackbox-epsilon", type=float, default=-1.0, help="ε < 0 of the blackbox method")
     parser.add_argument(
+        "--learning-rate-search",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="choose each method's rate per σ on a validation split (default); "
+        "--no-learning-rate-search: one rate for every σ, the method's default or --learning-rate",
+    )
+    parser.add_argument(
+        "--learning-rates",
+        type=shared.float_list,
+        default=None,
+        help="the rates searched (quick 0.03,0.1,0.3, else 0.01,0.03,0.1,0.3,1)",
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.2,
+        help="share of the training examples that validates the rates (default 0.2)",
+    )
+    parser.add_argument(
         "--learning-rate",
         type=float,
         default=None,
-        help="initial Adam step for every method (default: per method)",
+        help="with --no-learning-rate-search: initial Adam step for every method (default: per method)",
     )
+
+
+def check_rates(args) -> None:
+    """Rejects a rate flag that the chosen mode would ignore, and rates that are not positive."""
+    if args.learning_rate_search and args.learning_rate is not None:
+        raise ValueError(
+            "Expected --learning-rate only with --no-learning-rate-search, received: "
+            f"--learning-rate={args.learning_rate} with the search on"
+        )
+    rates = args.learning_rates if args.learning_rate_search else [args.learning_rate]
+    if args.learning_rate_search and not rates:
+        raise ValueError(f"Expected at least one rate in --learning-rates, received: {rates}")
+    bad = [rate for rate in rates if rate is not None and not rate > 0.0]
+    if bad:
+        flag = "--learning-rates" if args.learning_rate_search else "--learning-rate"
+        raise ValueError(f"Expected positive learning rates, received: {flag}={bad}")
+    validation_size(args.num_train, args.validation_fraction)
 
 
 def main(argv=None) -> dict:
@@ -217,6 +353,7 @@ def main(argv=None) -> dict:
         add_arguments=_add_arguments,
         presets=(QUICK, FULL),
     )
+    check_rates(args)
     keras.utils.set_random_seed(args.seed)
     labels = make_data(args.num_train, args.num_test, args.seed)
 
@@ -228,10 +365,17 @@ def main(argv=None) -> dict:
         )
         for name in args.methods:
             method = METHODS[name]
-            learning_rate = method.learning_rate if args.learning_rate is None else args.learning_rate
-            keras.utils.set_random_seed(args.seed)
             fit_timer = shared.Timer()
-            scores_model, history = train(method, data, args, learning_rate)
+            if args.learning_rate_search:
+                learning_rate, grid = select_learning_rate(method, data, args)
+            else:
+                learning_rate = method.learning_rate if args.learning_rate is None else args.learning_rate
+                grid = None
+            keras.utils.set_random_seed(args.seed)
+            epoch_metrics = EpochMetrics(data)
+            scores_model, history = train(
+                method, data.x_train, data.y_train, args, learning_rate, callbacks=[epoch_metrics]
+            )
             losses = [float(v) for v in history.history["loss"]]
             row = {
                 "method": name,
@@ -242,20 +386,23 @@ def main(argv=None) -> dict:
                 "batch_size": args.batch_size,
                 "num_train": args.num_train,
                 "num_test": args.num_test,
-                **evaluate(scores_model.predict(data.x_test, batch_size=1024, verbose=0), data),
+                **evaluate(scores_of(scores_model, data.x_test), data),
                 "final_loss": losses[-1],
                 "loss_curve": losses,
+                "epoch_curves": epoch_metrics.curves,
+                "learning_rate_grid": grid,
                 "train_seconds": round(fit_timer(), 1),
             }
             results.append(row)
             print(
-                f"[{NAME}] σ={noise_sigma:g} {name}: "
+                f"[{NAME}] σ={noise_sigma:g} {name} (rate {learning_rate:g}): "
                 + ", ".join(f"{k}={row[k]:.4f}" for k in METRICS)
                 + f" ({row['train_seconds']} s)",
                 flush=True,
             )
 
     plot(results, reference, args.output_dir / "metrics_vs_noise.png")
+    plot_epochs(results, reference, args.output_dir / "metrics_vs_epoch.png")
     payload = shared.write_metrics(
         args.output_dir,
         results,
@@ -269,11 +416,33 @@ def main(argv=None) -> dict:
             "labels": "ranks of x.w0 + noise_sigma * N(0, I_100); test labels as noisy as train labels",
         },
         reference=reference,
-        figures=["metrics_vs_noise.png"],
+        learning_rate_search=search_summary(args, results),
+        figures=["metrics_vs_noise.png", "metrics_vs_epoch.png"],
     )
-    shared.print_table(results + reference, ["method", "noise_sigma", *METRICS, "spearman_noiseless"])
+    shared.print_table(
+        results + reference,
+        ["method", "noise_sigma", "learning_rate", *METRICS, "partial_rank_accuracy_noiseless"],
+    )
     print(f"[{NAME}] wrote {args.output_dir / 'metrics.json'} in {payload['seconds']} s")
     return payload
+
+
+def search_summary(args, results: list) -> dict:
+    """How the rates were chosen, and the chosen rate of each method at each σ."""
+    chosen = {}
+    for row in results:
+        chosen.setdefault(row["method"], {})[f"{row['noise_sigma']:g}"] = row["learning_rate"]
+    if not args.learning_rate_search:
+        return {"enabled": False, "chosen": chosen}
+    return {
+        "enabled": True,
+        "grid": args.learning_rates,
+        "validation_fraction": args.validation_fraction,
+        "validation": "the last validation_fraction of the training examples (noisy labels)",
+        "selected_by": f"the largest mean {SELECTION_METRIC} on the validation examples",
+        "reported_run": "trained again with the chosen rate on all the training examples",
+        "chosen": chosen,
+    }
 
 
 def plot(results: list, reference: list, path) -> None:
@@ -290,6 +459,26 @@ def plot(results: list, reference: list, path) -> None:
     fig.suptitle(
         "Label ranking, 100 labels, linear model (Berthet et al. 2020, §5.2); bottom: vs noiseless ranks"
     )
+    shared.save_figure(fig, path)
+
+
+def plot_epochs(results: list, reference: list, path) -> None:
+    """Test perfect and partial rank accuracy (and noiseless partial) against the epoch, one column per σ."""
+    sigmas = sorted({row["noise_sigma"] for row in results})
+    keys = ("perfect_rank_accuracy", "partial_rank_accuracy", "partial_rank_accuracy_noiseless")
+    fig, axes = shared.figure(len(keys), len(sigmas), width=3.6, height=2.9)
+    for col, noise_sigma in enumerate(sigmas):
+        rows = [row for row in results if row["noise_sigma"] == noise_sigma]
+        oracle = next(row for row in reference if row["noise_sigma"] == noise_sigma)
+        for row_index, key in enumerate(keys):
+            ax = axes[row_index, col]
+            shared.plot_curves(ax, {row["method"]: row["epoch_curves"][key] for row in rows}, key)
+            if not key.endswith("_noiseless"):
+                ax.axhline(oracle[key], linestyle="--", color="gray", label="oracle_w0")
+            ax.set_title(f"σ = {noise_sigma:g}")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize="small")
+    fig.suptitle("Label ranking: test metrics after each epoch (Berthet et al. 2020, App. Fig. 8)")
     shared.save_figure(fig, path)
 
 
