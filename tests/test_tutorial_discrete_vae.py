@@ -360,3 +360,96 @@ def test_main_smoke_paper_protocol(tmp_path, monkeypatch):
     # (best-validation) weights equals the logged bound of that epoch.
     exact = next(r for r in payload["results"] if r["method"] == "exact")
     assert exact["test_neg_elbo_exact"] == pytest.approx(exact["test_neg_elbo"], abs=1e-3)
+
+
+# ------------------------------------------------------------- bias and variance (Figure 1)
+
+
+def test_exact_encoder_gradient_equals_a_finite_difference():
+    model = _tiny_model(1, 4)
+    x = tf.constant(_binary_digits(3))
+    exact = discrete_vae.exact_encoder_gradient(model, x).numpy()[:, 0]  # [B, K]
+    theta = model.encode(x).numpy()[:, 0].astype(np.float64)  # [B, K]
+    losses = model.enumerated_losses(x).numpy()[:, 0].astype(np.float64)  # [B, K]
+
+    def expected_loss(scores):  # Σ_k softmax(θ)_k ℓ_k per image, float64
+        return np.sum(special.softmax(scores, axis=-1) * losses, axis=-1)
+
+    step = 1e-5
+    central = np.zeros_like(theta)
+    for k in range(theta.shape[1]):
+        shift = np.zeros_like(theta)
+        shift[:, k] = step
+        central[:, k] = (expected_loss(theta + shift) - expected_loss(theta - shift)) / (2 * step)
+    # Central differences in float64 are exact to ~1e-9 here; the reference is float32 (q·ℓ with ℓ ≈ 543):
+    # about 1e-7 · 543 · K of rounding, against entries of ~0.1.
+    np.testing.assert_allclose(exact, central, atol=5e-4)
+    assert np.abs(central).max() > 0.02  # not a comparison of zeros
+
+
+def test_direct_estimator_bias_falls_with_epsilon_and_its_variance_grows():
+    model = _tiny_model(1, 4)
+    x = tf.constant(_binary_digits(4))
+    exact = discrete_vae.exact_encoder_gradient(model, x).numpy()  # [B, 1, K]
+    theta, losses = model.encode(x), model.enumerated_losses(x)
+    draws = 20000
+    stats = {}
+    for epsilon in (3.0, 0.3):
+        estimates = discrete_vae.gradient_estimates(model, x, "direct", epsilon, draws, [0, 4])
+        assert estimates.shape == (draws, 4, 1, 4)
+        # The Monte-Carlo mean is the closed form (softmax(θ) − softmax(θ − εℓ))/ε within 5 standard
+        # errors of the mean (from the sample variance of the i.i.d. draws), entry by entry.
+        standard_error = estimates.std(axis=0) / np.sqrt(draws)
+        closed_form = discrete_vae.direct_mean(theta, losses, epsilon).numpy()
+        np.testing.assert_array_less(np.abs(estimates.mean(axis=0) - closed_form), 5 * standard_error + 1e-7)
+        stats[epsilon] = discrete_vae.bias_and_variance(estimates, exact)
+    # The bias falls as ε falls (Theorem 1: unbiased as ε → 0), by more than 4 noise levels of the
+    # two Monte-Carlo estimates of it; the variance grows (the estimate is 0 or ±1/ε).
+    drop = stats[3.0]["bias"] - stats[0.3]["bias"]
+    assert drop > 4 * (stats[3.0]["bias_noise"] + stats[0.3]["bias_noise"]), stats
+    assert stats[0.3]["variance"] > 5 * stats[3.0]["variance"], stats
+
+
+def test_bias_and_variance_of_known_draws():
+    # Two images, estimates ±1 around a mean of (1, 0) and (0, 0): bias against exact = 0 is
+    # √((1 + 0)/2), the variance 1 per image, the noise floor √(1/(S − 1)).
+    estimates = np.array([[[2.0, 0.0], [1.0, 0.0]], [[0.0, 0.0], [-1.0, 0.0]]])  # [S=2, B=2, K=2]
+    stats = discrete_vae.bias_and_variance(estimates, np.zeros((2, 2)))
+    assert stats["bias"] == pytest.approx(np.sqrt(0.5)) and stats["variance"] == pytest.approx(1.0)
+    assert stats["bias_noise"] == pytest.approx(1.0) and stats["bias_debiased"] == 0.0
+
+
+def test_main_bias_variance_on_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.setattr(discrete_vae.shared, "load_fashion_mnist", _small_real_digits)
+
+    def not_this_one(*args):
+        raise AssertionError("--dataset fashion_mnist loaded MNIST")
+
+    monkeypatch.setattr(discrete_vae.shared, "load_mnist", not_this_one)
+    common = ["--dataset", "fashion_mnist", "--bias-variance", "--jit-compile", "0", "--verbose", "0"]
+    payload = discrete_vae.main(
+        common
+        + [
+            "--configs", "1x4",
+            "--epochs", "1",
+            "--num-train", "300",
+            "--num-test", "20",
+            "--bv-epsilons", "0.1,1",
+            "--bv-taus", "0.5",
+            "--bv-samples", "40",
+            "--bv-images", "5",
+            "--output-dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert payload["data"]["dataset"] == "fashion_mnist" and payload["settings"]["bv_samples"] == 40
+    assert [(r["method"], r["scale"]) for r in payload["results"]] == [
+        ("direct", 0.1), ("direct", 1.0), ("gumbel_softmax", 0.5), ("gumbel_softmax_st", 0.5)
+    ]  # fmt: skip
+    for row in payload["results"]:
+        assert row["bias"] >= row["bias_debiased"] >= 0 and row["variance"] > 0
+    assert all("bias_closed_form" in r for r in payload["results"] if r["method"] == "direct")
+    assert (tmp_path / "bias_variance.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="--configs=2x4"):
+        discrete_vae.main(common + ["--configs", "2x4", "--output-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="--bv-samples=1"):
+        discrete_vae.main(common + ["--configs", "1x4", "--bv-samples", "1", "--output-dir", str(tmp_path)])
