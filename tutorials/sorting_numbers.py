@@ -56,7 +56,9 @@ sequences per repetition measures the same rate with far less variance.
 Run:  python -m tutorials.sorting_numbers --quick
 """
 
+import argparse
 import dataclasses
+import sys
 from typing import Callable, Optional
 
 import keras
@@ -67,14 +69,59 @@ import tf_perturbed
 from tf_perturbed import RepeatSamples  # [B, ...] → [B, M, ...]: M copies, one noise draw each
 from tutorials import shared
 
+# Gumbel noise of scale β ("gumbel" for β = 1). The authors' is also shifted to mean 0: a
+# shift of every score of a sequence by one constant changes no matching (one 1 per row)
+# nor σ's gradient ⟨1, y₀ − y_ε⟩ = 0, and σ(x)·β·γ_E is such a constant (one σ per sequence).
+from tutorials.knn import noise_name
+
 NAME = "sorting_numbers"
-METHODS = ("direct_sigma0", "direct_sigma1", "direct_learned", "gumbel_sinkhorn", "fenchel_young")
 HIDDEN_UNITS = 32
+PROTOCOLS = ("ours", "paper")
 QUICK = dict(dims=[5, 10, 25], repetitions=2, num_train=400, num_test=500, epochs=5)
 # The full preset trains 8 epochs and adds the long sequences; a step costs more as d
 # grows (d = 40, all five methods: 10 minutes on 2 shared cores; docs/tutorials/sorting_numbers.md).
 # Indelman et al. train up to 2,000 epochs, 200 times.
 FULL = dict(dims=[5, 10, 25, 40, 60, 100], repetitions=2, num_train=400, num_test=500, epochs=8)
+# `--protocol paper`: the authors' code (docs/notes/2026-12-04-authors-protocols.md, rows 1-8);
+# every entry is also its own flag, so that an ablation flips one.
+PAPER = dict(
+    sigma_optimizer="sgd",  # row 1: SGD at 1e-6 on the mean-reduced surrogate for σ's weights
+    sigma_lr=1e-6,
+    sigma_init="torch",  # row 2: σ's head drawn uniformly in ±1/√d (PyTorch's Linear)
+    noise_scale=1.3505,  # row 3: their variance-3 Gumbel, β = √18/π
+    loss_augmentation="hamming-x2",  # row 4: ±12·x_j² on column j, unnormalised
+    epsilon_normalize="none",
+    escape="global-persistent",  # row 6
+    divide_by_epsilon="off",  # row 5
+    batch_size=10,  # row 7: 10 sequences, full batch
+    early_stopping="train-loss:50",  # row 8: patience 50 on the training loss, best weights kept
+)
+OURS = dict(
+    sigma_optimizer="adam",
+    sigma_lr=1e-6,
+    sigma_init="constant",
+    noise_scale=1.0,
+    loss_augmentation="squared",
+    epsilon_normalize="max_abs",
+    escape="per-problem",
+    divide_by_epsilon="on",
+    batch_size=10,
+    early_stopping="none",
+)
+# Up to 2,000 epochs of one full-batch step each, as theirs; the quick preset caps them at 150.
+PAPER_QUICK = dict(dims=[5, 10, 25], repetitions=2, num_train=10, num_test=500, epochs=150)
+PAPER_FULL = dict(dims=[5, 10, 15, 25, 40, 60, 100], repetitions=10, num_train=10, num_test=500, epochs=2000)
+PAPER_METHODS = (
+    "direct_learned",
+    "direct_learned_adam",
+    "direct_sigma_init",
+    "direct_sigma0",
+    "direct_sigma1",
+)
+# Zero-mean Gumbel of variance 3 (theirs) has scale √18/π.
+AUTHORS_NOISE_SCALE = float(np.sqrt(18.0) / np.pi)
+# The global escape retries "without a bound" in their code; 1.1^500 ≈ 5e20 is one in practice.
+GLOBAL_ESCAPE_LIMIT = 500
 METRICS = ("perfect_sort_rate", "prop_wrong")
 # The dtype of θ and of everything after it (noise, solver, loss). The package draws its
 # noise strictly inside (0, 1) before the logarithms, so float32 never gives an infinite
@@ -161,6 +208,163 @@ class ReorderSortingLoss(keras.losses.Loss):
         return _per_example(tf.reduce_mean(tf.square(reordered - s), axis=-1), y_pred)
 
 
+# ------------------------------------------------------- the authors' direct step
+
+
+def _true_matching(x):
+    """`[B, d, d]` the sorting permutation of x `[B, d]` in TF (P*[i, j] = 1: x_i is j-th smallest)."""
+    ranks = tf.argsort(tf.argsort(x, axis=-1, stable=True), axis=-1, stable=True)  # [B, d]
+    return tf.one_hot(ranks, tf.shape(x)[-1], dtype=x.dtype)  # [B, d(i), d(j)]
+
+
+def loss_augmentation(x, kind: str, normalize: str):
+    """H `[B, d, d]`: the loss term that ε multiplies in the loss-perturbed matching θ + ε·H.
+
+    Formula:
+      "squared":     H_ij = C_ij = (x_i − s_j)²  (ours: the squared error, linear in P)
+      "hamming-x2":  H_ij = x_j²·(1 − 2·P*_ij)   (theirs, L223-236: with ε = −12, θ + ε·H adds
+                     12·x_j² to the ground-truth entry of column j and subtracts it from the
+                     others; x_j is the j-th number of the UNSORTED input, as their code reads)
+      normalize "max_abs": H / max_ij |H_ij| per sequence; "none": H as is.
+    """
+    x = tf.convert_to_tensor(x)
+    if kind == "squared":
+        h = _cost_matrix(x)
+    elif kind == "hamming-x2":
+        h = tf.square(x)[:, None, :] * (1.0 - 2.0 * _true_matching(x))  # [B, d(i), d(j)]
+    else:
+        raise ValueError(f"Expected `kind` in ('squared', 'hamming-x2'), received: kind={kind!r}")
+    if normalize == "max_abs":
+        return tf.math.divide_no_nan(h, tf.reduce_max(tf.abs(h), axis=[-2, -1], keepdims=True))
+    if normalize != "none":
+        raise ValueError(f"Expected `normalize` in ('max_abs', 'none'), received: normalize={normalize!r}")
+    return h
+
+
+def _inject_gradient(theta, value, gradient):
+    """`value` in the forward pass; `gradient` (whatever the upstream gradient) for θ."""
+
+    @tf.custom_gradient
+    def op(theta):
+        return tf.identity(value), lambda upstream: gradient
+
+    return op(theta)
+
+
+@keras.saving.register_keras_serializable(package="tutorials")
+class AuthorsDirectMatching(keras.layers.Layer):
+    """The direct step of Indelman et al.'s code, each of its choices a switch.
+
+    Called on `[θ', x]`: perturbed scores θ' `[B, d, d]` or `[B, M, d, d]` (the noise is
+    added before, by `LearnedNoiseScale`) and the sequences x `[B, d]`. Returns the
+    matching y₀ = assignment(θ'); in training, its gradient for θ' is D/(B·M·d²),
+    whatever the loss (theirs, L176-180: the surrogate ⟨θ', D⟩ averaged over every entry),
+    with
+
+      y_ε = assignment(θ' + ε·f·H),   H = `loss_augmentation(x)`,  f the escape's factor,
+      D = sign(ε)·(y_ε − y₀)            (`divide_by_epsilon=False`, theirs)
+      D = (y_ε − y₀)/(ε·f)              (`divide_by_epsilon=True`, as `DirectLossGradient`).
+
+    Escapes when y_ε = y₀: `"per-problem"` (ours) retries the stuck problems with a
+    loss > 0, f ← 1.1·f, at most `max_growth_steps` times, f = 1 again at the next
+    step; `"global-persistent"` (theirs, L248-253) retries only when EVERY problem of
+    the batch is stuck and one has a loss > 0, and keeps f in a variable: ε only grows
+    over training (at most `GLOBAL_ESCAPE_LIMIT` retries a step).
+    """
+
+    def __init__(
+        self,
+        epsilon: float = -12.0,
+        augmentation: str = "hamming-x2",
+        normalize: str = "none",
+        escape: str = "global-persistent",
+        max_growth_steps: int = 10,
+        divide_by_epsilon: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if epsilon == 0:
+            raise ValueError(f"Expected `epsilon` ≠ 0, received: epsilon={epsilon!r}")
+        if escape not in ("per-problem", "global-persistent"):
+            raise ValueError(
+                f"Expected `escape` in ('per-problem', 'global-persistent'), received: escape={escape!r}"
+            )
+        loss_augmentation(tf.zeros([1, 2]), augmentation, normalize)  # checks both names
+        self.epsilon = float(epsilon)
+        self.augmentation, self.normalize, self.escape = augmentation, normalize, escape
+        self.max_growth_steps = int(max_growth_steps)
+        self.divide_by_epsilon = bool(divide_by_epsilon)
+        self.growth = self.add_weight(name="epsilon_factor", shape=(), initializer="ones", trainable=False)
+
+    def call(self, inputs, training=None):
+        theta, x = inputs
+        y0 = tf_perturbed.solvers.assignment(theta)
+        if not training:
+            return y0
+        x = tf.cast(x, theta.dtype)
+        h = loss_augmentation(x, self.augmentation, self.normalize)  # [B, d, d]
+        if theta.shape.rank == 4:
+            h = h[:, None]  # [B, 1, d, d]
+            cost = _cost_matrix(x)[:, None]
+        else:
+            cost = _cost_matrix(x)
+        positive = tf.reduce_sum(y0 * cost, axis=[-2, -1]) > 0  # [B(, M)]: y₀ does not sort
+        epsilon = tf.constant(self.epsilon, theta.dtype)
+
+        def solve(factor):
+            return tf_perturbed.solvers.assignment(theta + epsilon * factor * h)
+
+        def same(y):  # [B(, M)]
+            return tf.reduce_all(tf.equal(y, y0), axis=[-2, -1])
+
+        if self.escape == "global-persistent":
+            factor = tf.cast(self.growth, theta.dtype)
+
+            def stuck(factor, y):
+                return tf.logical_and(tf.reduce_all(same(y)), tf.reduce_any(positive))
+
+            factor, y_eps = tf.while_loop(
+                stuck,
+                lambda factor, y: (factor * 1.1, solve(factor * 1.1)),
+                (factor, solve(factor)),
+                maximum_iterations=GLOBAL_ESCAPE_LIMIT,
+            )
+            self.growth.assign(tf.cast(factor, self.growth.dtype))
+        else:
+            factor = tf.ones(tf.shape(positive), theta.dtype)[..., None, None]  # [B(, M), 1, 1]
+
+            def body(factor, y):
+                retry = tf.logical_and(same(y), positive)[..., None, None]
+                factor = tf.where(retry, factor * 1.1, factor)
+                return factor, tf.where(retry, solve(factor), y)
+
+            factor, y_eps = tf.while_loop(
+                lambda factor, y: tf.reduce_any(tf.logical_and(same(y), positive)),
+                body,
+                (factor, solve(factor)),
+                maximum_iterations=self.max_growth_steps,
+            )
+        direction = (
+            (y_eps - y0) / (epsilon * factor) if self.divide_by_epsilon else tf.sign(epsilon) * (y_eps - y0)
+        )
+        entries = tf.cast(tf.size(y0), theta.dtype)  # B·M·d²
+        return _inject_gradient(theta, y0, tf.stop_gradient(direction / entries))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "epsilon": self.epsilon,
+            "augmentation": self.augmentation,
+            "normalize": self.normalize,
+            "escape": self.escape,
+            "max_growth_steps": self.max_growth_steps,
+            "divide_by_epsilon": self.divide_by_epsilon,
+        }
+
+
 # ------------------------------------------------------------------------ layers
 
 
@@ -239,6 +443,16 @@ class Method:
     sigma_layer: Optional[str] = None
 
 
+def _authors_step(args) -> bool:
+    """Whether a direct method needs `AuthorsDirectMatching` (a switch away from ours)."""
+    return (args.loss_augmentation, args.epsilon_normalize, args.escape, args.divide_by_epsilon) != (
+        "squared",
+        "max_abs",
+        "per-problem",
+        "on",
+    )
+
+
 def _direct(args, sigma: float):
     return tf_perturbed.DirectLossGradient(
         "assignment",
@@ -246,28 +460,69 @@ def _direct(args, sigma: float):
         epsilon_growth=1.1,
         max_growth_steps=args.max_growth_steps,
         sigma=sigma,
-        noise="gumbel",
+        noise=noise_name(args.noise_scale),
         seed=args.seed,
         name="matching",
         dtype=SCORES_DTYPE,
     )
 
 
+def _solve(theta, x, args):
+    """The direct step on perturbed scores θ' `[B, M, d, d]`: ours (the library's) or the authors'."""
+    if not _authors_step(args):
+        return _direct(args, 0.0)(theta)
+    return AuthorsDirectMatching(
+        epsilon=args.epsilon,
+        augmentation=args.loss_augmentation,
+        normalize=args.epsilon_normalize,
+        escape=args.escape,
+        max_growth_steps=args.max_growth_steps,
+        divide_by_epsilon=args.divide_by_epsilon == "on",
+        name="matching",
+        dtype=SCORES_DTYPE,
+    )([theta, x])
+
+
+def _noise_scale_layer(args, trainable: bool, lr_scale: float = 1.0, name: str = "noise_scale"):
+    layer = tf_perturbed.LearnedNoiseScale(
+        noise=noise_name(args.noise_scale),
+        sigma_lr_scale=lr_scale,
+        seed=args.seed,
+        name=name,
+        dtype=SCORES_DTYPE,
+    )
+    layer.trainable = trainable
+    return layer
+
+
 def _direct_fixed(sigma: float):
     def head(theta, x, args):
         num_samples = 1 if sigma == 0 else args.num_samples
         theta = RepeatSamples(num_samples, dtype=SCORES_DTYPE)(theta)  # [B, M, d, d]
-        return _direct(args, sigma)(theta)
+        if not _authors_step(args):
+            return _direct(args, sigma)(theta)
+        if sigma > 0:  # σ = 1: a frozen head at its constant start, σ(x) = 1
+            theta = _noise_scale_layer(args, trainable=False, name="fixed_noise")([theta, x])
+        return _solve(theta, x, args)
 
     return head
 
 
-def _direct_learned(theta, x, args):
-    theta = RepeatSamples(args.num_samples, dtype=SCORES_DTYPE)(theta)  # [B, M, d, d]
-    theta = tf_perturbed.LearnedNoiseScale(
-        noise="gumbel", sigma_lr_scale=args.sigma_lr_scale, seed=args.seed, name="noise_scale", dtype=SCORES_DTYPE
-    )([theta, x])  # θ + σ(x)·γ in training; σ(x) [B, 1, 1, 1]
-    return _direct(args, 0.0)(theta)
+def _sigma_regime(name: str, args) -> str:
+    """How σ's head trains: "sgd" (its own optimizer), "adam" (the scores' one, scaled), "frozen"."""
+    return {"direct_learned": args.sigma_optimizer, "direct_learned_adam": "adam"}.get(name, "frozen")
+
+
+def _direct_noise_scale(name: str):
+    def head(theta, x, args):
+        regime = _sigma_regime(name, args)
+        theta = RepeatSamples(args.num_samples, dtype=SCORES_DTYPE)(theta)  # [B, M, d, d]
+        lr_scale = args.sigma_lr_scale if regime == "adam" else 1.0
+        layer = _noise_scale_layer(args, trainable=regime != "frozen", lr_scale=lr_scale)
+        theta = layer([theta, x])  # θ + σ(x)·γ in training; σ(x) [B, 1, 1, 1]
+        return _solve(theta, x, args)
+
+    return head
 
 
 def _sinkhorn(theta, x, args):
@@ -283,21 +538,41 @@ def _direct_params(sigma):
             "epsilon_growth": 1.1,
             "max_growth_steps": args.max_growth_steps,
             "num_samples": 1 if sigma == 0 else args.num_samples,
+            **{
+                key: getattr(args, key)
+                for key in PAPER
+                if key not in ("sigma_optimizer", "sigma_lr", "batch_size")
+            },
         }
 
     return params
 
 
+def _learned_params(name: str):
+    def params(args):
+        regime = _sigma_regime(name, args)
+        sigma = "fixed at init" if regime == "frozen" else "learned"
+        row = {**_direct_params(sigma)(args), "sigma_regime": regime}
+        if regime == "sgd":
+            row["sigma_lr"] = args.sigma_lr
+        elif regime == "adam":
+            row["sigma_lr_scale"] = args.sigma_lr_scale
+        return row
+
+    return params
+
+
+def _direct_method(head, params, sigma_layer=None) -> "Method":
+    return Method(head, lambda args: LinearSortingLoss(), lambda x: x, params, sigma_layer)
+
+
 METHODS = {
-    "direct_sigma0": Method(_direct_fixed(0.0), lambda args: LinearSortingLoss(), lambda x: x, _direct_params(0.0)),
-    "direct_sigma1": Method(_direct_fixed(1.0), lambda args: LinearSortingLoss(), lambda x: x, _direct_params(1.0)),
-    "direct_learned": Method(
-        _direct_learned,
-        lambda args: LinearSortingLoss(),
-        lambda x: x,
-        lambda args: {**_direct_params("learned")(args), "sigma_lr_scale": args.sigma_lr_scale},
-        sigma_layer="noise_scale",
-    ),
+    "direct_sigma0": _direct_method(_direct_fixed(0.0), _direct_params(0.0)),
+    "direct_sigma1": _direct_method(_direct_fixed(1.0), _direct_params(1.0)),
+    **{
+        name: _direct_method(_direct_noise_scale(name), _learned_params(name), "noise_scale")
+        for name in ("direct_learned", "direct_learned_adam", "direct_sigma_init")
+    },
     "gumbel_sinkhorn": Method(
         _sinkhorn,
         lambda args: ReorderSortingLoss(),
@@ -311,12 +586,88 @@ METHODS = {
     "fenchel_young": Method(
         None,
         lambda args: tf_perturbed.FenchelYoungLoss(
-            "assignment", num_samples=args.fy_num_samples, sigma=args.fy_sigma, seed=args.seed, dtype=SCORES_DTYPE
+            "assignment",
+            num_samples=args.fy_num_samples,
+            sigma=args.fy_sigma,
+            seed=args.seed,
+            dtype=SCORES_DTYPE,
         ),
         sorting_permutation,
         lambda args: {"sigma": args.fy_sigma, "num_samples": args.fy_num_samples},
     ),
 }
+OURS_METHODS = ("direct_sigma0", "direct_sigma1", "direct_learned", "gumbel_sinkhorn", "fenchel_young")
+
+
+class TwoOptimizerModel(keras.Model):
+    """A functional model whose σ-head weights take the steps of their own optimizer.
+
+    The authors train σ's network with SGD at 1e-6 and the scores with Adam at 0.1; Keras
+    has one optimizer per model, so this training step splits the gradients.
+    """
+
+    sigma_variables: list = []
+    sigma_optimizer = None  # set by `Trainer` once the model (and σ's head) is built
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        gradients = tape.gradient(loss, self.trainable_weights)
+        sigma_ids = {id(v) for v in self.sigma_variables}
+        pairs = list(zip(gradients, self.trainable_weights))
+        self.optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) not in sigma_ids])
+        self.sigma_optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) in sigma_ids])
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss, sample_weight=tf.shape(x)[0])
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Stops after `patience` epochs without a new lowest `monitor` and restores that epoch's weights.
+
+    Unlike `keras.callbacks.EarlyStopping`, the best weights are restored also when
+    training reaches its last epoch (the authors reload the saved best model in any case).
+    """
+
+    def __init__(self, monitor: str, patience: int):
+        super().__init__()
+        self.monitor, self.patience = monitor, int(patience)
+
+    def on_train_begin(self, logs=None):
+        self.best, self.best_epoch, self.best_weights, self.wait = np.inf, 0, None, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = float(logs[self.monitor])
+        if value < self.best:
+            self.best, self.best_epoch, self.best_weights, self.wait = (
+                value,
+                epoch + 1,
+                self.model.get_weights(),
+                0,
+            )
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+def early_stopping(text: str):
+    """argparse type: "none", "train-loss:PATIENCE" or "validation:PATIENCE" → (kind, patience)."""
+    kind, _, patience = text.partition(":")
+    if text == "none":
+        return ("none", 0)
+    if kind in ("train-loss", "validation") and patience.isdigit() and int(patience) > 0:
+        return (kind, int(patience))
+    raise argparse.ArgumentTypeError(
+        f"Expected --early-stopping none, train-loss:N or validation:N (N > 0), received: {text!r}"
+    )
 
 
 class Trainer:
@@ -327,37 +678,81 @@ class Trainer:
     costs more than a short training run.
     """
 
-    def __init__(self, method: Method, d: int, args):
-        self.method, self.d, self.args = method, d, args
+    def __init__(self, name: str, d: int, args):
+        self.method, self.d, self.args = METHODS[name], d, args
         self.scores_model = build_scores(d)
         x, theta = self.scores_model.inputs[0], self.scores_model.outputs[0]
-        outputs = theta if method.head is None else method.head(theta, x, args)
-        self.model = keras.Model(x, outputs)
+        outputs = theta if self.method.head is None else self.method.head(theta, x, args)
+        sgd = self.method.sigma_layer is not None and _sigma_regime(name, args) == "sgd"
+        self.model = TwoOptimizerModel(x, outputs) if sgd else keras.Model(x, outputs)
+        self.noise_layer = (
+            None if self.method.sigma_layer is None else self.model.get_layer(self.method.sigma_layer)
+        )
         self.optimizer = keras.optimizers.Adam(args.learning_rate)
+        self.optimizers = [self.optimizer]
+        if sgd:
+            self.model.sigma_variables = self.noise_layer.trainable_weights
+            self.model.sigma_optimizer = keras.optimizers.SGD(args.sigma_lr)
+            self.model.sigma_optimizer.build(self.model.sigma_variables)
+            self.optimizers.append(self.model.sigma_optimizer)
         jit = args.jit_compile == "on" or (args.jit_compile == "auto" and d >= JIT_FROM_D)
-        self.model.compile(optimizer=self.optimizer, loss=method.loss(args), jit_compile=jit)
-        scores_ids = {id(v) for v in self.scores_model.trainable_weights}
-        # The other weights (σ's head) start from constants: keep them to restore.
-        self.head_weights = [
-            (v, v.numpy()) for v in self.model.trainable_weights if id(v) not in scores_ids
-        ]
+        self.model.compile(optimizer=self.optimizer, loss=self.method.loss(args), jit_compile=jit)
+        scores_ids = {id(v) for v in self.scores_model.weights}
+        # The other weights (σ's head, the escape's factor) start from constants: keep them to restore.
+        self.head_weights = [(v, v.numpy()) for v in self.model.weights if id(v) not in scores_ids]
 
-    def fit(self, x_train: np.ndarray):
-        """Trains from a fresh initialisation; returns the Keras history."""
+    def _initialise(self, repetition: int) -> None:
         self.scores_model.set_weights(build_scores(self.d).get_weights())
+        self.initialise_head(repetition)
+        for optimizer in self.optimizers:  # the step count and the moments, not the rate
+            for variable in optimizer.variables:
+                if variable.name != "learning_rate":
+                    variable.assign(tf.zeros_like(variable))
+
+    def initialise_head(self, repetition: int) -> None:
+        """σ's head (and the escape's factor) at their start for this repetition."""
         for variable, value in self.head_weights:
             variable.assign(value)
-        for variable in self.optimizer.variables:  # the step count and Adam's moments, not the rate
-            if variable.name != "learning_rate":
-                variable.assign(tf.zeros_like(variable))
-        return self.model.fit(
+        if self.noise_layer is not None and self.args.sigma_init == "torch":
+            # PyTorch's nn.Linear(d, 1): weights and bias uniform in ±1/√fan_in, one draw per
+            # (seed, d, repetition), shared by every method with σ's head. The layer uses W = s·U.
+            rng = np.random.default_rng([self.args.seed, self.d, repetition, 1])
+            bound = 1.0 / np.sqrt(self.d)
+            kernel, bias = self.noise_layer.sigma_kernel, self.noise_layer.sigma_bias
+            scale = self.noise_layer.sigma_lr_scale
+            kernel.assign(rng.uniform(-bound, bound, kernel.shape).astype(np.float32) / scale)
+            bias.assign(rng.uniform(-bound, bound, bias.shape).astype(np.float32) / scale)
+
+    def sigma(self, x: np.ndarray) -> np.ndarray:
+        """σ(x) `[N]` of the method's noise-scale layer now."""
+        layer = self.noise_layer
+        layer.return_sigma = True
+        try:
+            _, sigma = layer([tf.zeros([len(x), 1, self.d, self.d]), tf.constant(x)], training=False)
+        finally:
+            layer.return_sigma = False
+        return np.reshape(sigma.numpy(), [-1])
+
+    def fit(self, x_train: np.ndarray, repetition: int = 0, x_val: Optional[np.ndarray] = None):
+        """Trains from a fresh initialisation; returns the Keras history and the early-stopping callback."""
+        self._initialise(repetition)
+        kind, patience = self.args.early_stopping
+        callbacks, validation = [], None
+        if kind != "none":
+            callbacks.append(KeepBest("val_loss" if kind == "validation" else "loss", patience))
+        if kind == "validation":
+            validation = (x_val, self.method.target(x_val))
+        history = self.model.fit(
             x_train,
             self.method.target(x_train),
             batch_size=self.args.batch_size,
             epochs=self.args.epochs,
             verbose=self.args.verbose,
             shuffle=True,
+            validation_data=validation,
+            callbacks=callbacks,
         )
+        return history, (callbacks[0] if callbacks else None)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Hard matchings assignment(θ) `[N, d, d]`, no noise."""
@@ -374,18 +769,87 @@ def _hard_assignment(theta):
 
 
 def _add_arguments(parser) -> None:
-    parser.add_argument("--dims", type=shared.int_list, default=None, help="sequence lengths d (quick 5,10,25; else also 40,60,100)")
+    parser.add_argument(
+        "--dims",
+        type=shared.int_list,
+        default=None,
+        help="sequence lengths d (quick 5,10,25; else also 40,60,100)",
+    )
     parser.add_argument("--repetitions", type=int, default=None, help="trainings per (method, d) (2)")
     parser.add_argument("--num-train", type=int, default=None, help="training sequences (400)")
     parser.add_argument("--num-test", type=int, default=None, help="test sequences per repetition (500)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (quick 5, else 8)")
-    parser.add_argument("--batch-size", type=int, default=10)
-    parser.add_argument("--learning-rate", type=float, default=0.1, help="Adam step of the scores (paper: 0.1)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="sequences per step (10; paper: 10 = the whole set)"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=0.1, help="Adam step of the scores (paper: 0.1)"
+    )
     parser.add_argument("--num-samples", type=int, default=5, help="noise draws per sequence (paper: 5)")
-    parser.add_argument("--epsilon", type=float, default=-12.0, help="ε, normalised per sequence (< 0: towards-best, the default; > 0: away from the loss)")
+    parser.add_argument(
+        "--epsilon",
+        type=float,
+        default=-12.0,
+        help="ε, normalised per sequence (< 0: towards-best, the default; > 0: away from the loss)",
+    )
     parser.add_argument("--max-growth-steps", type=int, default=10, help="retries of the 10 %% ε escape")
     parser.add_argument(
         "--sigma-lr-scale", type=float, default=0.01, help="learning-rate factor of σ's head (direct_learned)"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="ours",
+        help="defaults of the flags below: ours, or the authors' code (paper: each flag as in PAPER)",
+    )
+    parser.add_argument(
+        "--sigma-optimizer",
+        choices=("adam", "sgd"),
+        default=None,
+        help="σ's head (direct_learned): the scores' Adam scaled by --sigma-lr-scale (ours), or SGD (paper)",
+    )
+    parser.add_argument("--sigma-lr", type=float, default=None, help="SGD step of σ's head (paper: 1e-6)")
+    parser.add_argument(
+        "--sigma-init",
+        choices=("constant", "torch"),
+        default=None,
+        help="σ's head at the start: W = 0, σ = 1 (ours), or uniform in ±1/√d per run (paper, PyTorch's)",
+    )
+    parser.add_argument(
+        "--noise-scale",
+        type=float,
+        default=None,
+        help="β of the Gumbel noise β·G (ours 1; paper √18/π = 1.3505)",
+    )
+    parser.add_argument(
+        "--loss-augmentation",
+        choices=("squared", "hamming-x2"),
+        default=None,
+        help="H in θ + ε·H: the squared error C (ours) or ±x_j² on column j (paper)",
+    )
+    parser.add_argument(
+        "--epsilon-normalize", choices=("max_abs", "none"), default=None, help="H / max |H| (ours) or H"
+    )
+    parser.add_argument(
+        "--escape",
+        choices=("per-problem", "global-persistent"),
+        default=None,
+        help="ε's 10 %% escape: per stuck problem, reset each step (ours), or when the whole batch is stuck, kept (paper)",
+    )
+    parser.add_argument(
+        "--divide-by-epsilon",
+        choices=("on", "off"),
+        default=None,
+        help="gradient (y_ε − y₀)/ε (on, ours) or y₀ − y_ε (paper)",
+    )
+    parser.add_argument(
+        "--early-stopping",
+        type=early_stopping,
+        default=None,
+        help="none (ours), train-loss:N (paper: N = 50) or validation:N; the best epoch's weights are kept",
+    )
+    parser.add_argument(
+        "--num-validation", type=int, default=100, help="validation sequences (--early-stopping validation:N)"
     )
     parser.add_argument("--temperature", type=float, default=1.0, help="τ of Gumbel-Sinkhorn")
     parser.add_argument("--sinkhorn-iterations", type=int, default=20)
@@ -400,26 +864,70 @@ def _add_arguments(parser) -> None:
 
 
 def summarise(runs: list) -> dict:
-    """Mean and std over repetitions of each metric."""
+    """Mean, std and standard error (std with n − 1 over √n) over repetitions of each metric."""
     row = {}
     for key in METRICS:
         values = np.array([run[key] for run in runs])
         row[f"{key}_mean"] = float(values.mean())
         row[f"{key}_std"] = float(values.std())
+        row[f"{key}_se"] = (
+            float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+        )
     row["repetitions"] = len(runs)
     return row
 
 
-def main(argv=None) -> dict:
-    timer = shared.Timer()
+def _parse(argv) -> argparse.Namespace:
+    """The flags, with --protocol's presets and defaults filled in where a flag was not given."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--protocol", choices=PROTOCOLS, default="ours")
+    protocol = first.parse_known_args(argv)[0].protocol
+    paper = protocol == "paper"
     args = shared.parse_args(
         NAME,
         argv,
         METHODS,
         description=__doc__.split("\n")[0],
+        default_methods=PAPER_METHODS if paper else OURS_METHODS,
         add_arguments=_add_arguments,
-        presets=(QUICK, FULL),
+        presets=(PAPER_QUICK, PAPER_FULL) if paper else (QUICK, FULL),
     )
+    for key, value in (PAPER if paper else OURS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, early_stopping(value) if key == "early_stopping" else value)
+    return args
+
+
+def _mean_curve(curves: list) -> list:
+    """Mean over the runs still training at each epoch (early stopping ends runs at different epochs)."""
+    length = max(len(curve) for curve in curves)
+    return [float(np.mean([curve[k] for curve in curves if len(curve) > k])) for k in range(length)]
+
+
+def _train_runs(name: str, d: int, data: list, args) -> list:
+    """One training per repetition; the metrics, the curves and the early stopping's epochs."""
+    trainer = Trainer(name, d, args)
+    runs = []
+    for repetition, (x_train, x_val, x_test) in enumerate(data):
+        run = {}
+        if trainer.noise_layer is not None:
+            trainer.initialise_head(repetition)
+            run["initial_sigma"] = float(np.mean(trainer.sigma(x_train)))
+        history, stopper = trainer.fit(x_train, repetition, x_val)
+        run.update(sorting_metrics(trainer.predict(x_test), x_test))
+        run["loss_curve"] = [float(v) for v in history.history["loss"]]
+        run["epochs_run"] = len(run["loss_curve"])
+        run["best_epoch"] = stopper.best_epoch if stopper is not None else run["epochs_run"]
+        if trainer.noise_layer is not None:
+            run["sigma_curve"] = [float(v) for v in history.history[f"{trainer.noise_layer.name}_sigma"]]
+        runs.append(run)
+    return runs
+
+
+def main(argv=None) -> dict:
+    timer = shared.Timer()
+    args = _parse(argv)
     keras.utils.set_random_seed(args.seed)
 
     results, sigma_curves = [], {}
@@ -430,43 +938,49 @@ def main(argv=None) -> dict:
             (make_sequences(args.num_train, d, rng), make_sequences(args.num_test, d, rng))
             for _ in range(args.repetitions)
         ]
+        # Validation sequences from their own stream, so that the others do not change.
+        val_rng = np.random.default_rng([args.seed, d, 2])
+        data = [
+            (x_train, make_sequences(args.num_validation, d, val_rng), x_test) for x_train, x_test in data
+        ]
         for name in args.methods:
             method = METHODS[name]
             keras.utils.set_random_seed(args.seed)
             fit_timer = shared.Timer()
-            trainer = Trainer(method, d, args)
-            runs = []
-            for x_train, x_test in data:
-                history = trainer.fit(x_train)
-                run = {**sorting_metrics(trainer.predict(x_test), x_test)}
-                run["loss_curve"] = [float(v) for v in history.history["loss"]]
-                if method.sigma_layer is not None:
-                    run["sigma_curve"] = [float(v) for v in history.history[f"{method.sigma_layer}_sigma"]]
-                runs.append(run)
+            runs = _train_runs(name, d, data, args)
             row = {
                 "method": name,
                 "d": d,
+                "protocol": args.protocol,
                 **method.params(args),
                 **summarise(runs),
                 "perfect_sort_rate_runs": [run["perfect_sort_rate"] for run in runs],
                 "prop_wrong_runs": [run["prop_wrong"] for run in runs],
                 "final_loss_mean": float(np.mean([run["loss_curve"][-1] for run in runs])),
                 "loss_curves": [run["loss_curve"] for run in runs],
+                "epochs_run_runs": [run["epochs_run"] for run in runs],
+                "best_epoch_runs": [run["best_epoch"] for run in runs],
                 "learning_rate": args.learning_rate,
                 "epochs": args.epochs,
+                "early_stopping": ":".join(map(str, args.early_stopping)),
                 "batch_size": args.batch_size,
                 "num_train": args.num_train,
                 "num_test": args.num_test,
                 "train_seconds": round(fit_timer(), 1),
             }
             if method.sigma_layer is not None:
+                row["initial_sigma_runs"] = [run["initial_sigma"] for run in runs]
                 row["sigma_curves"] = [run["sigma_curve"] for run in runs]
-                sigma_curves[f"d={d}"] = np.mean(row["sigma_curves"], axis=0)
+                if _sigma_regime(name, args) != "frozen":
+                    sigma_curves[f"d={d} {name} ({_regime_label(name, args)})"] = _mean_curve(
+                        row["sigma_curves"]
+                    )
             results.append(row)
             print(
                 f"[{NAME}] d={d} {name}: perfect_sort_rate={row['perfect_sort_rate_mean']:.3f}"
-                f"±{row['perfect_sort_rate_std']:.3f}, prop_wrong={row['prop_wrong_mean']:.3f}"
-                f"±{row['prop_wrong_std']:.3f} ({row['train_seconds']} s)",
+                f"±{row['perfect_sort_rate_se']:.3f}, prop_wrong={row['prop_wrong_mean']:.4f}"
+                f"±{row['prop_wrong_se']:.4f} (± s.e.; {row['train_seconds']} s, "
+                f"epochs {row['epochs_run_runs']})",
                 flush=True,
             )
 
@@ -475,6 +989,8 @@ def main(argv=None) -> dict:
     if sigma_curves:
         figures.append("learned_sigma.png")
         plot_sigma(sigma_curves, args.output_dir / figures[1])
+    settings = {key: getattr(args, key) for key in PAPER}
+    settings["early_stopping"] = ":".join(map(str, args.early_stopping))
     payload = shared.write_metrics(
         args.output_dir,
         results,
@@ -484,14 +1000,21 @@ def main(argv=None) -> dict:
             "sequences": "d numbers drawn uniformly in [0, 1]; fresh train and test sequences per repetition",
             "target": "the sorting permutation P[i, j] = 1 when x_i is the j-th smallest",
         },
+        protocol={"name": args.protocol, **settings},
+        sigma_mean_curves=sigma_curves,
         figures=figures,
     )
     shared.print_table(
         results,
-        ["method", "d", "perfect_sort_rate_mean", "perfect_sort_rate_std", "prop_wrong_mean", "prop_wrong_std"],
+        ["method", "d", "perfect_sort_rate_mean", "perfect_sort_rate_se", "prop_wrong_mean", "prop_wrong_se"],
     )
     print(f"[{NAME}] wrote {args.output_dir / 'metrics.json'} in {payload['seconds']} s")
     return payload
+
+
+def _regime_label(name: str, args) -> str:
+    regime = _sigma_regime(name, args)
+    return f"SGD {args.sigma_lr:g}" if regime == "sgd" else f"Adam ×{args.sigma_lr_scale:g}"
 
 
 def plot_metrics(results: list, path) -> None:
@@ -523,11 +1046,16 @@ def plot_metrics(results: list, path) -> None:
 
 
 def plot_sigma(curves: dict, path) -> None:
-    """The learned σ (batch mean, averaged over repetitions) after every epoch, per d."""
-    fig, axes = shared.figure()
-    shared.plot_curves(axes[0, 0], curves, ylabel="learned σ (mean over the epoch)")
-    axes[0, 0].legend()
-    axes[0, 0].set_title("direct_learned: σ(x) over training")
+    """The mean learned σ after every epoch (batch mean, averaged over the repetitions), per d and regime."""
+    fig, axes = shared.figure(width=6.5, height=4.0)
+    ax = axes[0, 0]
+    for label, values in curves.items():
+        ax.plot(np.arange(1, len(values) + 1), values, label=label, linestyle="-" if "SGD" in label else "--")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean σ(x) over the epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Learned σ over training")
     shared.save_figure(fig, path)
 
 
