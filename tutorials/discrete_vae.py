@@ -641,6 +641,15 @@ def bias_and_variance(estimates: np.ndarray, exact: np.ndarray) -> dict:
     }
 
 
+def write_run(args, rows: list, timer, info: dict, configs: list, settings: dict, **extra) -> dict:
+    """`shared.write_metrics` with the data's `info` and the settings every run records."""
+    configs = [f"{n}x{k}" for n, k in configs]
+    settings = {"protocol": args.protocol, "dataset": args.dataset, "configs": configs, **settings}
+    return shared.write_metrics(
+        args.output_dir, rows, args.command, timer(), data=info, settings=settings, **extra
+    )
+
+
 def run_bias_variance(args, x_train, x_validation, x_test, info, anneal_rate, steps, timer) -> dict:
     """`--bias-variance`: train one 1×K model with `direct`, then the estimators' bias and variance on it."""
     ((n_latent, k_categories),) = args.configs
@@ -683,17 +692,14 @@ def run_bias_variance(args, x_train, x_validation, x_test, info, anneal_rate, st
         args.output_dir / "bias_variance.png",
         DATASETS[args.dataset][1],
     )
-    payload = shared.write_metrics(
-        args.output_dir,
+    payload = write_run(
+        args,
         rows,
-        args.command,
-        timer(),
-        data=info,
+        timer,
+        info,
+        args.configs,
         model=model_row,
         settings={
-            "protocol": args.protocol,
-            "dataset": args.dataset,
-            "configs": [f"{n_latent}x{k_categories}"],
             "steps": steps,
             "bv_images": args.bv_images,
             "bv_samples": args.bv_samples,
@@ -1023,17 +1029,14 @@ def main(argv=None) -> dict:
 
     figures = [plot_bounds(results, args.output_dir / "test_bound_vs_time.png", DATASETS[args.dataset][1])]
     figures.append(plot_pictures(images, x_test, args.output_dir / "samples_reconstructions.png"))
-    payload = shared.write_metrics(
-        args.output_dir,
+    payload = write_run(
+        args,
         results,
-        args.command,
-        timer(),
-        data=info,
+        timer,
+        info,
+        args.configs,
         skipped=skipped,
         settings={
-            "protocol": args.protocol,
-            "dataset": args.dataset,
-            "configs": [f"{n}x{k}" for n, k in args.configs],
             "select": args.select,
             "validation": args.validation,
             "eval_protocol": args.eval_protocol,
@@ -1124,27 +1127,30 @@ def plot_pictures(images: dict, x_test: np.ndarray, path) -> pathlib.Path:
 
 
 def plot_bias_variance(rows: list, exact_rms: float, path, dataset: str = "MNIST") -> pathlib.Path:
-    """Bias (left) and variance (right) of each estimator against ε (direct) or τ (Gumbel-softmax), log axes."""
-    fig, axes = shared.figure(1, 2)
+    """Bias and variance against ε (direct) or τ (Gumbel-softmax), and bias against variance; log axes."""
+    fig, axes = shared.figure(1, 3)
     labels = {
         "direct": "direct (x = ε)",
         "gumbel_softmax": "GSM (x = τ)",
         "gumbel_softmax_st": "ST GSM (x = τ)",
     }
-    for ax, key in zip(axes[0], ("bias", "variance"), strict=True):
+    for ax, key in zip(axes[0, :2], ("bias", "variance"), strict=True):
         shared.plot_sweep(ax, rows, "scale", key, label=lambda row: labels[row["method"]])
-        if key == "bias":
-            direct = sorted((r for r in rows if r["method"] == "direct"), key=lambda r: r["scale"])
-            ax.plot(
-                [r["scale"] for r in direct],
-                [r["bias_closed_form"] for r in direct],
-                linestyle="--",
-                color="gray",
-                label="direct, closed-form mean",
-            )
-            ax.axhline(exact_rms, color="black", linewidth=0.8, label="‖exact gradient‖")
-        ax.set_yscale("log")
         ax.set_xlabel("ε (direct) or τ (Gumbel-softmax)")
+    direct = sorted((r for r in rows if r["method"] == "direct"), key=lambda r: r["scale"])
+    axes[0, 0].plot(
+        [r["scale"] for r in direct],
+        [r["bias_closed_form"] for r in direct],
+        linestyle="--",
+        color="gray",
+        label="direct, closed-form mean",
+    )
+    shared.plot_sweep(axes[0, 2], rows, "variance", "bias", label=lambda row: labels[row["method"]])
+    axes[0, 2].set_title("the trade-off (points: ε or τ)")
+    for ax in (axes[0, 0], axes[0, 2]):
+        ax.axhline(exact_rms, color="black", linewidth=0.8, label="‖exact gradient‖")
+    for ax in axes[0]:
+        ax.set_yscale("log")
         ax.legend(fontsize=8)
     fig.suptitle(
         f"Gradient estimators on a trained 1×K discrete VAE, binarized {dataset} (cf. Lorberbom et al., Figure 1)"
