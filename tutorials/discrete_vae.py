@@ -1094,7 +1094,7 @@ def plot_bounds(results: list, path, dataset: str = "MNIST") -> pathlib.Path:
             ax.set_ylabel("test −ELBO (nats)")
             ax.grid(alpha=0.3)
             ax.legend()
-    fig.suptitle(f"Discrete VAE on binarized {dataset} (Lorberbom et al. 2019, Figure 2)")
+    fig.suptitle(f"Discrete VAE on binarized {dataset}\n(Lorberbom et al. 2019, Figure 2)")
     return shared.save_figure(fig, path)
 
 
