@@ -18,12 +18,6 @@ trained with `model.fit` by
   * `blackbox`: ½‖y − y*(θ)‖² through `tf_perturbed.DirectLossGradient("ranks",
     epsilon < 0)` (the gradient proxy of Vlastelica et al.).
 
-Each method's learning rate is chosen per σ (unless `--no-learning-rate-search`): every
-rate of `--learning-rates` trains on the first 1 − f of the training examples, the rate
-with the best mean Spearman correlation on the last f (`--validation-fraction`; noisy
-labels, as the paper's cross-validation) wins, and the model is trained again with it on
-the whole training split. The test metrics of that run are recorded after every epoch.
-
 and evaluated on fresh examples drawn from the same model (test labels carry the
 same noise σ, as in the paper), by ranking the scores θ:
 
@@ -33,6 +27,12 @@ same noise σ, as in the paper), by ranking the scores θ:
 
 and the same three against the noiseless ranks y*(x·w₀) (`*_noiseless`: how well
 w₀ itself is recovered). `reference` in metrics.json gives the metrics of w₀.
+
+Each method's learning rate is chosen per σ (unless `--no-learning-rate-search`): every
+rate of `--learning-rates` trains on the first 1 − f of the training examples, the rate
+with the best mean Spearman correlation on the last f (`--validation-fraction`; noisy
+labels, as the paper's cross-validation) wins, and the model is trained again with it on
+the whole training split. The test metrics of that run are recorded after every epoch.
 
 Run:  python -m tutorials.label_ranking --quick
 """
@@ -142,7 +142,8 @@ class Method:
     """How one method trains the linear scores θ = x·W.
 
     Attributes:
-      learning_rate: the initial Adam step (cosine-decayed to 0 over training).
+      learning_rate: the initial Adam step (cosine-decayed to 0 over training) when the rate
+        is not searched (`--no-learning-rate-search`).
       loss: `args -> Keras loss` comparing the training target with the output.
       head: `args -> layer` applied to the scores during training (None: the
         loss sees the scores). Predictions always rank the scores.
@@ -296,8 +297,12 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs (quick 15, else 30)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--noise-sigmas", type=shared.float_list, default=None, help="label noise σ sweep")
-    parser.add_argument("--fy-sigma", type=float, default=0.1, help="ε of the Fenchel-Young loss")
-    parser.add_argument("--fy-num-samples", type=int, default=10, help="M of the Fenchel-Young loss")
+    parser.add_argument(
+        "--fy-sigma", type=float, default=0.1, help="ε of the Fenchel-Young loss and of perturbed_squared"
+    )
+    parser.add_argument(
+        "--fy-num-samples", type=int, default=10, help="M of the Fenchel-Young loss and of perturbed_squared"
+    )
     parser.add_argument("--blackbox-epsilon", type=float, default=-1.0, help="ε < 0 of the blackbox method")
     parser.add_argument(
         "--learning-rate-search",
