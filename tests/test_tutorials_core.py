@@ -95,6 +95,7 @@ def test_label_ranking_tiny_run(tmp_path):
         "--methods", ",".join(methods),
         "--num-train", "300", "--num-test", "100", "--epochs", "3",
         "--noise-sigmas", "0.01", "--verbose", "0", "--output-dir", str(tmp_path),
+        "--no-learning-rate-search",  # the search has its own tests (test_tutorial_label_ranking_protocol.py)
     ]  # fmt: skip
     label_ranking.main(argv)
     payload = _read_metrics(tmp_path)
