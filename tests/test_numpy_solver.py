@@ -72,6 +72,16 @@ def test_declared_output_shape_and_wrong_shapes():
         wrong(theta)
 
 
+def test_a_fixed_output_shape_is_not_mistaken_for_the_input_shape():
+    # Two numbers per problem whatever its size: the size-2 shape must not read as "θ's shape".
+    first_two = tp.solvers.numpy_solver(lambda t: t[:, :2], (2,), batched=True)
+    assert first_two.spec.linear_output is False
+    theta = tf.reshape(tf.range(12.0), [4, 3])
+    np.testing.assert_array_equal(first_two(theta).numpy(), theta.numpy()[:, :2])
+    same = tp.solvers.numpy_solver(lambda t: -t, lambda s: s, batched=True)
+    assert same.spec.linear_output is True
+
+
 def test_xla_and_export_give_clear_errors(tmp_path):
     solver = tp.solvers.numpy_solver(_np_argmax, name="numpy_argmax")
     with pytest.raises(ValueError, match="cannot be compiled with XLA"):
