@@ -867,12 +867,25 @@ def main(argv=None) -> dict:
 
 
 def plot_sigma(curves: dict, path) -> None:
-    """The mean σ of each epoch, one line per k and σ regime (log scale: the regimes differ by decades)."""
+    """The mean σ of each epoch: colour by σ regime, marker by k (log scale: the regimes differ by decades)."""
+    colors = {"sgd": "C0", "adam": "C1", "shared": "C2", "fixed at init": "gray"}
+    ks = sorted({label.split(" ", 1)[0] for label in curves})
     fig, axes = shared.figure()
     ax = axes[0, 0]
-    shared.plot_curves(ax, curves, ylabel="σ(query), mean over the epoch")
+    for label, curve in curves.items():
+        k, regime = label.split(" ", 1)
+        ax.plot(
+            range(1, len(curve) + 1),
+            curve,
+            color=colors.get(regime, "C3"),
+            marker="os^vDP"[ks.index(k) % 6],
+            linestyle="--" if regime == "fixed at init" else "-",
+            label=label,
+        )
     ax.set_yscale("log")
-    ax.legend(fontsize="small")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("σ(query), mean over the epoch")
+    ax.legend(fontsize="x-small", ncol=2, loc="lower left")
     ax.set_title("σ over training, per regime")
     shared.save_figure(fig, path)
 
