@@ -485,6 +485,7 @@ def _sigma_net_params(sigma):
         if sigma == "learned":
             row["sigma_optimizer"] = args.sigma_regime
             row["sigma_lr"] = sigma_learning_rate(args)
+            row["sigma_lr_scale"] = args.sigma_lr_scale
         return row
 
     return params
