@@ -12,7 +12,9 @@ import pathlib
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
+import tf_perturbed
 from tutorials import classification, label_ranking, shared
 
 TOP_LEVEL_KEYS = {"results", "command", "versions", "seconds"}
@@ -111,6 +113,28 @@ def test_label_ranking_tiny_run(tmp_path):
         assert row["spearman"] > 0.5, row["method"]
     reference = payload["reference"][0]
     assert reference["method"] == "oracle_w0" and reference["spearman_noiseless"] == 1.0
+
+
+def test_scaled_gumbel_noise_of_the_authors_protocols():
+    # β·Gumbel with β = √18/π: mean β·γ_E, variance β²π²/6 = 3 (the authors' variance-3 noise).
+    beta = np.sqrt(18.0) / np.pi
+    assert shared.noise_name(1.0) == "gumbel"
+    name = shared.noise_name(beta)
+    assert name == shared.noise_name(beta) and name in tf_perturbed.noise.registered_noises()
+    noise = shared.ScaledGumbel(beta)
+    n = 200_000
+    z = noise.sample([n], seed=tf.constant([3, 4]), dtype=tf.float64).numpy()
+    # Standard errors: σ/√n for the mean; √((κ − 1)/n)·σ² for the variance, Gumbel kurtosis κ = 5.4.
+    assert abs(z.mean() - beta * np.euler_gamma) < 5 * np.sqrt(3.0 / n)
+    assert abs(z.var() - 3.0) < 5 * np.sqrt(4.4 / n) * 3.0
+    # ∇ν for the density ∝ exp(−ν), ν(z) = z/β + exp(−z/β), against automatic differentiation.
+    points = tf.constant([-2.0, -0.3, 0.0, 0.7, 4.0], tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(points)
+        nu = points / beta + tf.exp(-points / beta)
+    np.testing.assert_allclose(noise.grad_log_density(points).numpy(), tape.gradient(nu, points).numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="noise_scale=0"):
+        shared.ScaledGumbel(0)
 
 
 # ------------------------------------------------------------- classification

@@ -245,32 +245,6 @@ def build_sigma_network(init: str = "keras") -> keras.Model:
     )
 
 
-class ScaledGumbel(tf_perturbed.noise.Noise):
-    """β times a standard Gumbel draw: β = √18/π is the authors' variance-3 Gumbel (up to its mean)."""
-
-    def __init__(self, scale: float):
-        if not scale > 0:
-            raise ValueError(f"Expected a noise scale > 0, received: noise_scale={scale!r}")
-        self.scale = float(scale)
-        self.name = f"gumbel_x{self.scale:g}"
-
-    def sample(self, shape, seed, dtype=tf.float32):
-        return self.scale * tf_perturbed.noise.Gumbel().sample(shape, seed, dtype)
-
-    def grad_log_density(self, z):
-        return (1.0 - tf.exp(-z / self.scale)) / self.scale
-
-
-def noise_name(scale: float) -> str:
-    """The registered name of the Gumbel noise of scale `scale` ("gumbel" for 1), registered on first use."""
-    if scale == 1.0:
-        return "gumbel"
-    noise = ScaledGumbel(scale)
-    if noise.name not in tf_perturbed.noise.registered_noises():
-        tf_perturbed.noise.register_noise(noise)
-    return noise.name
-
-
 def samples_spec(text: str) -> dict:
     """argparse type of `--num-samples`: "5" (every k) or "1:5,*:1" (5 for k = 1, 1 for any other k)."""
     spec = {}
@@ -439,7 +413,7 @@ def _noise_scale_layer(args, frozen: bool):
     """σ's network and the `LearnedNoiseScale` layer, as `--sigma-net` and the run's regime say."""
     shared_rate = args.sigma_regime == "shared"  # σ on the embedding's optimizer: the head is slowed
     layer = tf_perturbed.LearnedNoiseScale(
-        noise=noise_name(args.noise_scale),
+        noise=shared.noise_name(args.noise_scale),
         sigma_model=build_sigma_network(args.init) if args.sigma_net == "paper-mnist" else None,
         sigma_lr_scale=args.sigma_lr_scale if shared_rate else 1.0,
         seed=args.seed,

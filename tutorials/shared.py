@@ -1,4 +1,4 @@
-"""Command line, metrics.json, MNIST and figure helpers shared by the tutorials.
+"""Command line, metrics.json, data, noise and figure helpers shared by the tutorials.
 
 Every tutorial exposes `main(argv=None) -> dict` and accepts the same core
 flags (`--quick`, `--output-dir`, `--seed`, `--methods`, `--verbose`); it writes
@@ -32,6 +32,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_perturbed  # noqa: E402
 
 # --------------------------------------------------------------------------- CLI
 
@@ -203,6 +206,35 @@ def print_table(rows: list, keys: Sequence[str]) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(keys))]
     for line in table:
         print("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+# -------------------------------------------------------------------------- noise
+
+
+class ScaledGumbel(tf_perturbed.noise.Noise):
+    """β times a standard Gumbel draw: β = √18/π is the authors' variance-3 Gumbel (up to its mean)."""
+
+    def __init__(self, scale: float):
+        if not scale > 0:
+            raise ValueError(f"Expected a noise scale > 0, received: noise_scale={scale!r}")
+        self.scale = float(scale)
+        self.name = f"gumbel_x{self.scale:g}"
+
+    def sample(self, shape, seed, dtype=tf.float32):
+        return self.scale * tf_perturbed.noise.Gumbel().sample(shape, seed, dtype)
+
+    def grad_log_density(self, z):
+        return (1.0 - tf.exp(-z / self.scale)) / self.scale
+
+
+def noise_name(scale: float) -> str:
+    """The registered name of the Gumbel noise of scale `scale` ("gumbel" for 1), registered on first use."""
+    if scale == 1.0:
+        return "gumbel"
+    noise = ScaledGumbel(scale)
+    if noise.name not in tf_perturbed.noise.registered_noises():
+        tf_perturbed.noise.register_noise(noise)
+    return noise.name
 
 
 # -------------------------------------------------------------------------- data

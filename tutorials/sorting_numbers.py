@@ -88,7 +88,6 @@ from tutorials import shared
 # Gumbel noise of scale β ("gumbel" for β = 1). The authors' is also shifted to mean 0: a
 # shift of every score of a sequence by one constant changes no matching (one 1 per row)
 # nor σ's gradient ⟨1, y₀ − y_ε⟩ = 0, and σ(x)·β·γ_E is such a constant (one σ per sequence).
-from tutorials.knn import noise_name
 
 NAME = "sorting_numbers"
 HIDDEN_UNITS = 32
@@ -477,7 +476,7 @@ def _direct(args, sigma: float):
         epsilon_growth=1.1,
         max_growth_steps=args.max_growth_steps,
         sigma=sigma,
-        noise=noise_name(args.noise_scale),
+        noise=shared.noise_name(args.noise_scale),
         seed=args.seed,
         name="matching",
         dtype=SCORES_DTYPE,
@@ -502,7 +501,7 @@ def _solve(theta, x, args):
 
 def _noise_scale_layer(args, trainable: bool, lr_scale: float = 1.0, name: str = "noise_scale"):
     layer = tf_perturbed.LearnedNoiseScale(
-        noise=noise_name(args.noise_scale),
+        noise=shared.noise_name(args.noise_scale),
         sigma_lr_scale=lr_scale,
         seed=args.seed,
         name=name,
