@@ -32,6 +32,14 @@ def test_paper_preset_sets_each_flag_and_a_flag_overrides_it(tmp_path):
         sorting_numbers._parse(["--early-stopping", "validation:0"] + out)
 
 
+def test_bad_sigma_rate_and_missing_validation_split_are_named(tmp_path):
+    out = ["--output-dir", str(tmp_path)]
+    with pytest.raises(ValueError, match="--sigma-lr 0.0"):
+        sorting_numbers._parse(["--protocol", "paper", "--sigma-lr", "0"] + out)
+    with pytest.raises(ValueError, match="--num-validation 0"):
+        sorting_numbers._parse(["--early-stopping", "validation:5", "--num-validation", "0"] + out)
+
+
 def test_hamming_augmentation_is_the_authors_formula_on_a_3x3_example():
     x = np.array([[0.5, 0.1, 0.9]], np.float32)  # sorted: x_1 < x_0 < x_2
     # Theirs: +12·x_j² on the ground-truth entry of column j, −12·x_j² on the others;
@@ -46,6 +54,24 @@ def test_hamming_augmentation_is_the_authors_formula_on_a_3x3_example():
     np.testing.assert_allclose(c, squared, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="kind='hinge'"):
         sorting_numbers.loss_augmentation(x, "hinge", "none")
+
+
+def test_authors_direct_step_gradient_on_a_3x3_example():
+    # θ' = 0.01·I: y₀ = I; the bonus 12·x_j² on the truth entries (±3, 0.12, 9.72 ≫ 0.01) makes
+    # y_ε the sorting permutation P*; D = sign(ε)(y_ε − y₀) = I − P*, spread over B·M·d² = 9
+    # entries; with the 1/(ε·f) of DirectLossGradient instead of sign(ε): (I − P*)/(9·12).
+    x = tf.constant([[0.5, 0.1, 0.9]], tf.float32)
+    truth = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    expected = (np.eye(3, dtype=np.float32) - truth) / 9.0
+    for divide, scale in ((False, 1.0), (True, 1.0 / 12.0)):
+        layer = sorting_numbers.AuthorsDirectMatching(divide_by_epsilon=divide)
+        theta = tf.constant(0.01 * np.eye(3, dtype=np.float32)[None])
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            y = layer([theta, x], training=True)
+            loss = tf.reduce_sum(y * tf.random.normal(y.shape, seed=1))  # any loss: the step ignores it
+        np.testing.assert_array_equal(y.numpy()[0], np.eye(3))
+        np.testing.assert_allclose(tape.gradient(loss, theta).numpy()[0], scale * expected, rtol=1e-6, atol=1e-8)
 
 
 def _escape_call(layer, thetas, x):
@@ -77,11 +103,11 @@ def test_global_persistent_escape_grows_epsilon_only_when_the_whole_batch_is_stu
 GUMBEL_BOUND = 16.64
 
 
-def _sigma_shift(method: str, extra: list, steps: int = 30) -> float:
+def _sigma_shift(method: str, extra: list, output_dir, steps: int = 30) -> float:
     """Largest |σ(x) − σ₀(x)| over the training sequences after `steps` full-batch steps."""
     args = sorting_numbers._parse(
         ["--protocol", "paper", "--epochs", str(steps), "--early-stopping", "none", "--num-samples", "2"]
-        + ["--verbose", "0", "--output-dir", "/tmp/unused_sorting_test"]
+        + ["--verbose", "0", "--output-dir", str(output_dir)]
         + extra
     )
     x = sorting_numbers.make_sequences(10, 5, np.random.default_rng(0))
@@ -92,7 +118,7 @@ def _sigma_shift(method: str, extra: list, steps: int = 30) -> float:
     return float(np.max(np.abs(trainer.sigma(x) - before)))
 
 
-def test_sigma_under_sgd_at_1e6_stays_within_its_bound_and_under_adam_moves():
+def test_sigma_under_sgd_at_1e6_stays_within_its_bound_and_under_adam_moves(tmp_path):
     # The gradient reaching θ' is D/(B·M·d²), D = y₀ − y_ε with entries in {−1, 0, 1} and at
     # most 2d of them non-zero per sample; θ' = θ + σ_b·β·G, so |∂/∂σ_b| ≤ 2βĜ/(B·d) (Ĝ the
     # bound on |G|). σ = softplus(x·W + b) + floor with x ∈ [0, 1]^d: |∂/∂W_k|, |∂/∂b| ≤ 2βĜ/d,
@@ -100,9 +126,9 @@ def test_sigma_under_sgd_at_1e6_stays_within_its_bound_and_under_adam_moves():
     # by no more: over N steps, |Δσ| ≤ 4·N·η·β·Ĝ.
     steps, eta = 30, 1e-6
     bound = 4 * steps * eta * sorting_numbers.PAPER["noise_scale"] * GUMBEL_BOUND  # 2.7e-3
-    assert _sigma_shift("direct_learned", []) <= bound
-    assert _sigma_shift("direct_learned", ["--sigma-lr", "1e-2"]) > 0.0  # the SGD step is wired
-    assert _sigma_shift("direct_learned_adam", []) > bound  # Adam at 0.1 × 0.01: it moves
+    assert _sigma_shift("direct_learned", [], tmp_path) <= bound
+    assert _sigma_shift("direct_learned", ["--sigma-lr", "1e-2"], tmp_path) > 0.0  # the SGD step is wired
+    assert _sigma_shift("direct_learned_adam", [], tmp_path) > bound  # Adam at 0.1 × 0.01: it moves
 
 
 def test_paper_main_writes_sigma_curves_and_the_fixed_row_starts_where_the_learned_one_does(tmp_path):

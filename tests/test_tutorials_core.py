@@ -49,6 +49,10 @@ def test_write_metrics_converts_numpy(tmp_path):
     payload = _read_metrics(tmp_path)
     assert payload["results"] == [{"method": "m", "value": 0.5, "curve": [0, 1, 2]}]
     assert payload["extra_key"] == {"n": 3} and payload["command"] == "cmd"
+    shared.write_metrics(tmp_path, [{"method": "m", "ratio": float("nan"), "se": np.float64("nan"), "top": np.inf}], "cmd", 0.0)
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # standard JSON: undefined values are null
+    assert _read_metrics(tmp_path)["results"] == [{"method": "m", "ratio": None, "se": None, "top": None}]
     with pytest.raises(ValueError, match="method"):
         shared.write_metrics(tmp_path, [{"value": 1}], "cmd", 0.0)
 

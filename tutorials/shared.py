@@ -149,7 +149,7 @@ def versions() -> dict:
 
 
 def _to_builtin(value):
-    """Makes numpy scalars and arrays JSON-serialisable."""
+    """Makes numpy scalars and arrays JSON-serialisable, NaN and ±inf as None (standard JSON)."""
     if isinstance(value, dict):
         return {str(k): _to_builtin(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -157,7 +157,9 @@ def _to_builtin(value):
     if isinstance(value, np.ndarray):
         return _to_builtin(value.tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        return _to_builtin(value.item())
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # standard JSON has no NaN or infinity: "not defined" is null
     if isinstance(value, pathlib.Path):
         return str(value)
     return value

@@ -499,9 +499,12 @@ def _solve(theta, x, args):
     )([theta, x])
 
 
-def _noise_scale_layer(args, trainable: bool, lr_scale: float = 1.0, name: str = "noise_scale"):
+def _noise_scale_layer(
+    args, trainable: bool, lr_scale: float = 1.0, name: str = "noise_scale", initial_sigma: float = 1.0
+):
     layer = tf_perturbed.LearnedNoiseScale(
         noise=shared.noise_name(args.noise_scale),
+        initial_sigma=initial_sigma,
         sigma_lr_scale=lr_scale,
         seed=args.seed,
         name=name,
@@ -517,8 +520,8 @@ def _direct_fixed(sigma: float):
         theta = RepeatSamples(num_samples, dtype=SCORES_DTYPE)(theta)  # [B, M, d, d]
         if not _authors_step(args):
             return _direct(args, sigma)(theta)
-        if sigma > 0:  # σ = 1: a frozen head at its constant start, σ(x) = 1
-            theta = _noise_scale_layer(args, trainable=False, name="fixed_noise")([theta, x])
+        if sigma > 0:  # a frozen head at its constant start, σ(x) = σ
+            theta = _noise_scale_layer(args, trainable=False, name="fixed_noise", initial_sigma=sigma)([theta, x])
         return _solve(theta, x, args)
 
     return head
@@ -552,7 +555,7 @@ def _direct_params(sigma):
             "sigma": sigma,
             "epsilon": args.epsilon,
             "epsilon_growth": 1.1,
-            "max_growth_steps": args.max_growth_steps,
+            "max_growth_steps": GLOBAL_ESCAPE_LIMIT if args.escape == "global-persistent" else args.max_growth_steps,
             "num_samples": 1 if sigma == 0 else args.num_samples,
             **{
                 key: getattr(args, key)
@@ -912,6 +915,13 @@ def _parse(argv) -> argparse.Namespace:
     for key, value in (PAPER if paper else OURS).items():
         if getattr(args, key) is None:
             setattr(args, key, early_stopping(value) if key == "early_stopping" else value)
+    if not args.sigma_lr > 0:
+        raise ValueError(f"Expected --sigma-lr > 0, received: --sigma-lr {args.sigma_lr!r}")
+    if args.early_stopping[0] == "validation" and args.num_validation < 1:
+        raise ValueError(
+            "Expected --num-validation ≥ 1 with --early-stopping validation:N, received: "
+            f"--num-validation {args.num_validation}"
+        )
     return args
 
 

