@@ -208,3 +208,9 @@ def test_main_paper_protocol_writes_sigma_curves_and_the_figure(tmp_path):
     assert rows[1]["sigma_lr"] == 1e-6 and rows[2]["sigma_lr"] == pytest.approx(1e-4)
     assert payload["data"]["used_train"] == 210 and payload["data"]["used_validation"] == 30  # 240 // 8
     assert (tmp_path / "learned_sigma.png").is_file() and (tmp_path / "accuracy_vs_k.png").is_file()
+
+
+def test_a_sigma_network_on_the_shared_adam_is_refused(tmp_path):
+    # LearnedNoiseScale slows a σ network by scaling its gradients, which Adam divides out.
+    with pytest.raises(ValueError, match="--sigma-optimizer shared"):
+        knn.parse_arguments(["--sigma-net", "paper-mnist", "--sigma-optimizer", "shared", "--output-dir", str(tmp_path)])

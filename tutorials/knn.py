@@ -656,7 +656,9 @@ class KnnModel(keras.Model):
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-        self._loss_tracker.update_state(loss, sample_weight=tf.shape(y)[0])  # what fit reports as "loss"
+        for metric in self.metrics:  # what fit reports as "loss"
+            if metric.name == "loss":
+                metric.update_state(loss, sample_weight=tf.shape(y)[0])
         variables = self.trainable_weights
         gradients = tape.gradient(loss, variables)
         is_sigma = [id(v) in self.sigma_ids for v in variables]
@@ -817,7 +819,7 @@ def _add_arguments(parser) -> None:
         "--sigma-lr", type=float, default=None, help="SGD rate of σ's network under sgd (1e-6; the paper's is lost)"
     )
     parser.add_argument("--init", choices=("keras", "torch"), default=None, help="initializers (ours keras; paper torch)")
-    parser.add_argument("--noise-scale", type=float, default=None, help="scale of σ's Gumbel noise (ours 1; paper 1.3505)")
+    parser.add_argument("--noise-scale", type=float, default=None, help="scale of the Gumbel noise of the learned and frozen σ rows (ours 1; paper 1.3505); the σ = 0 and σ = 1 rows keep the standard Gumbel")
     parser.add_argument(
         "--num-samples", type=samples_spec, default=None, help="noise samples per query: M or K:M,…,*:M (ours 1; paper 1:5,*:1)"
     )
@@ -873,6 +875,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         args.methods = list(DEFAULT_METHODS[args.protocol])
     if args.select == "best-validation" and args.validation == 0:
         raise ValueError("Expected --validation > 0 with --select best-validation, received: --validation=0")
+    if args.sigma_net == "paper-mnist" and "shared" in args.sigma_optimizer:
+        # With a σ network LearnedNoiseScale scales its gradients, which Adam divides out.
+        raise ValueError(
+            "Expected --sigma-optimizer sgd or adam with --sigma-net paper-mnist (under shared, Adam would "
+            f"ignore --sigma-lr-scale), received: --sigma-optimizer {','.join(args.sigma_optimizer)}"
+        )
     return args
 
 
