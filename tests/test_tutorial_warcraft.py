@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tf_perturbed
 from tutorials import warcraft, warcraft_data, warcraft_model, warcraft_training
 
 METRIC_KEYS = {"perfect_path_accuracy", "exact_match", "cost_ratio"}
@@ -97,7 +98,8 @@ def test_imle_without_noise_is_the_blackbox_gradient(tmp_path):
     maps = warcraft_data.generate_maps(4, seed=7, split="train")
     paths = tf.constant(maps["paths"])
     costs = tf.Variable(np.random.default_rng(0).uniform(0.5, 2.0, (4, 12, 12)).astype(np.float32))
-    args = warcraft.parse_args(["--quick", "--imle-sigma", "0", "--imle-normalize", "0", "--output-dir", str(tmp_path)])
+    # Both on the costs divided by their map mean (blackbox's default, I-MLE's --imle-normalize 1).
+    args = warcraft.parse_args(["--quick", "--imle-sigma", "0", "--imle-normalize", "1", "--output-dir", str(tmp_path)])
     inputs = keras.Input((12, 12))
     identity = keras.Model(inputs, keras.layers.Identity()(inputs))  # the "network": costs in, costs out
     gradients = {}
@@ -256,6 +258,33 @@ def test_path_metrics_by_hand():
     assert metrics["perfect_path_accuracy"] == pytest.approx(1 / 3)
     assert metrics["exact_match"] == pytest.approx(1 / 3)
     assert metrics["cost_ratio"] == pytest.approx((1.0 + 1.5 + 3.5) / 3)
+
+
+def test_blackbox_step_is_absolute_unless_the_costs_are_normalized():
+    # The blackbox step moves each cost by at most |ε| = 20/70: on costs ten times larger it
+    # changes no path and the gradient vanishes; dividing each map by its mean undoes the scale.
+    rng = np.random.default_rng(0)
+    true = rng.choice([0.8, 1.2, 5.3, 7.7, 9.2], size=(8, 12, 12)).astype(np.float32)
+    paths = warcraft_data.shortest_paths(true)
+    costs = rng.uniform(1.5, 2.5, (8, 12, 12)).astype(np.float32)
+    args = warcraft.parse_args(["--quick"])  # normalized by default
+    inputs = keras.Input((12, 12))
+    layer = tf_perturbed.DirectLossGradient("shortest_path", epsilon=warcraft_model.blackbox_epsilon(20.0))
+    normalized = keras.layers.Lambda(warcraft_model.normalize_costs)(inputs)
+
+    def gradient(model, c):
+        c = tf.constant(c)
+        with tf.GradientTape() as tape:
+            tape.watch(c)
+            loss = tf.reduce_mean(warcraft_model.hamming_loss(paths, model(c)))
+        return tape.gradient(loss, c).numpy()
+
+    raw, norm = keras.Model(inputs, layer(inputs)), keras.Model(inputs, layer(normalized))
+    assert np.any(gradient(raw, costs) != 0) and not np.any(gradient(raw, 10 * costs))
+    np.testing.assert_allclose(10 * gradient(norm, 10 * costs), gradient(norm, costs), rtol=1e-4, atol=1e-6)
+    assert np.any(gradient(norm, 10 * costs) != 0)
+    model, _, target = warcraft_model.build_method("blackbox", warcraft_model.build_cost_model(96, 12), args)
+    assert target == "paths" and "normalize" in [layer.name for layer in model.layers]
 
 
 def test_is_induced_path_by_hand():

@@ -86,6 +86,13 @@ def _add_arguments(parser) -> None:
         help="I-MLE: divide each map's costs by their mean before the layer (1) or not (0)",
     )
     parser.add_argument(
+        "--blackbox-normalize",
+        type=int,
+        default=1,
+        choices=(0, 1),
+        help="blackbox: divide each map's costs by their mean before the layer (1, default) or not (0)",
+    )
+    parser.add_argument(
         "--normalize",
         type=int,
         default=1,

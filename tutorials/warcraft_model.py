@@ -13,9 +13,9 @@ softplus). `build_method` wraps it for one training method and names its loss an
                  giving one path score per vertex, trained by the mean squared error to the
                  true path (`build_path_score_model`); the prediction is the mask of scores
                  above ½, not a solver's path (`MASK_METHODS`);
-  blackbox       `tf_perturbed.DirectLossGradient("shortest_path", epsilon=-λ/70)` and a
-                 Hamming loss to the true path (Vlastelica et al., λ = 20 at their batch 70:
-                 `blackbox_epsilon`);
+  blackbox       `tf_perturbed.DirectLossGradient("shortest_path", epsilon=-λ/70)` on the
+                 costs divided by their per-map mean, and a Hamming loss to the true path
+                 (Vlastelica et al., λ = 20 at their batch 70: `blackbox_epsilon`);
   spo_plus       `tf_perturbed.SPOPlusLoss("shortest_path", clip_to_domain=True)` to the true
                  costs (Elmachtoub & Grigas);
   imle           `tf_perturbed.ImplicitMLE("shortest_path")` on the normalised costs with the
@@ -127,13 +127,19 @@ def _blackbox_model(cost_model: keras.Model, args) -> keras.Model:
     """The blackbox method: images → costs `[B, g, g]` → DirectLossGradient(shortest path) → path.
 
     The loss-perturbed costs are clipped at 0, the solver's domain (the layer's default).
+    Each map's costs are divided by their mean first (`--blackbox-normalize 0` skips it).
     """
     layer = tf_perturbed.DirectLossGradient(
         "shortest_path",
         epsilon=blackbox_epsilon(args.blackbox_lambda),
         name="shortest_path",
     )
-    return keras.Model(cost_model.input, layer(cost_model.output), name="warcraft_blackbox")
+    costs = cost_model.output
+    if args.blackbox_normalize:
+        # The step ε is absolute: once the costs grow, moving them by |ε| changes no path and
+        # the gradient is zero (docs/tutorials/warcraft.md). Per-map mean 1 keeps ε relative.
+        costs = keras.layers.Lambda(normalize_costs, name="normalize")(costs)
+    return keras.Model(cost_model.input, layer(costs), name="warcraft_blackbox")
 
 
 def imle_kappa(args, train_paths: Optional[np.ndarray]) -> Optional[float]:

@@ -365,7 +365,11 @@ def run_method(method: str, data: dict, args) -> dict:
             sigma=args.sigma, num_samples=args.num_samples, perturbation=args.perturbation, normalize=args.normalize
         )
     if method == "blackbox":
-        row.update(blackbox_lambda=args.blackbox_lambda, epsilon=blackbox_epsilon(args.blackbox_lambda))
+        row.update(
+            blackbox_lambda=args.blackbox_lambda,
+            epsilon=blackbox_epsilon(args.blackbox_lambda),
+            blackbox_normalize=args.blackbox_normalize,
+        )
     if method == "imle":
         row.update(
             imle_lambda=-blackbox_epsilon(args.blackbox_lambda), imle_sigma=args.imle_sigma, imle_noise=args.imle_noise, imle_samples=args.imle_samples,
