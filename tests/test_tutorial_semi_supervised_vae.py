@@ -86,6 +86,45 @@ def test_labelled_direct_term_has_mean_softmax_minus_label_over_epsilon():
     assert float(tf.reduce_mean(error)) == pytest.approx(1 - q[2], abs=4 * math.sqrt(q[2] * (1 - q[2]) / rows))
 
 
+def test_unlabelled_direct_gradient_has_the_closed_form_mean():
+    # With the Gaussian encoder's last layer made constant (kernel 0, log σ² = −30), z_c = μ for
+    # every row and ℓ(x, k) = BCE(x, decode(e_k, μ)) + KL_k is fixed. For one image repeated B times
+    # the gradient on the class encoder's output bias is the mean of (e_{z*} − e_{z_ε})/ε plus the
+    # categorical KL's gradient, whose mean is (q − softmax(θ − εℓ))/ε + q ⊙ (log q − Σ q log q).
+    model = _model()
+    last = model.gaussian_encoder.layers[-1]
+    bias = np.concatenate([np.linspace(-3.0, 3.0, 3), np.full(3, -30.0)]).astype(np.float32)  # μ, log σ²
+    last.kernel.assign(tf.zeros_like(last.kernel))
+    last.bias.assign(bias)
+    x = tf.cast(tf.random.stateless_uniform([1, 784], [6, 6]) < 0.3, tf.float32)
+    rows, epsilon = 4000, 0.5
+    images = tf.tile(x, [rows, 1])
+    out_bias = model.class_encoder.layers[-1].bias
+    with tf.GradientTape() as tape:
+        objective, _, _ = model.unlabelled_loss(images, tf.constant([3, 4]), tf.constant(epsilon))
+        total = tf.reduce_mean(objective)
+    gradient = tape.gradient(total, out_bias).numpy()
+    theta = model(x).numpy()[0]
+    q = special.softmax(theta)
+    mean = tf.constant(np.tile(bias[:3], [1, 4, 1]))  # [1, K, D]: the same μ in every class row
+    losses = np.array(
+        [
+            tf.reduce_sum(
+                tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=model.decode(tf.one_hot([k], 4), mean))
+            ).numpy()
+            + 0.5 * np.sum(np.exp(-30.0) + bias[:3] ** 2 - 1.0 + 30.0)
+            for k in range(4)
+        ]
+    )
+    p = special.softmax(theta - epsilon * losses)
+    kl_gradient = q * (np.log(q) - np.sum(q * np.log(q)))
+    expected = (q - p) / epsilon + kl_gradient
+    assert np.max(np.abs(q - p)) > 0.05  # the loss moves the argmax: the test can see a wrong ℓ
+    # |e_{z*} − e_{z_ε}|_j ≤ 1, nonzero only if z* = j or z_ε = j: variance ≤ (q_j + p_j)/ε².
+    tolerance = 4 * np.sqrt((q + p) / rows) / epsilon
+    np.testing.assert_array_less(np.abs(gradient - expected), tolerance)
+
+
 def test_gumbel_softmax_labelled_term_is_the_weighted_log_of_the_relaxed_label():
     model = _model("gumbel_softmax", label_weight=3.0)
     x = tf.cast(tf.random.stateless_uniform([6, 784], [4, 4]) < 0.3, tf.float32)
