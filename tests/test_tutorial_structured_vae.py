@@ -251,6 +251,58 @@ def test_arm_gradient_is_unbiased():
     np.testing.assert_array_less(np.abs(estimates.mean(axis=0) - exact), tolerance)
 
 
+@pytest.mark.parametrize("direct_kl_gradient", [False, True])
+def test_direct_maxflow_train_step_applies_the_direct_gradients(direct_kl_gradient):
+    # One `train_step` under SGD at rate 1 moves each variable by minus its gradient. The unary and
+    # pairwise output biases must move by the batch mean of the direct estimates (φ(z*) − φ(z_ε))/ε
+    # (through softplus' for the pairwise ones), plus the unary KL's gradient when it is on; the
+    # decoder's output bias by the mean of sigmoid(logits) − x (the BCE's gradient at z*).
+    n, scale = 4, 3.0
+    sv.keras.utils.set_random_seed(0)
+    model = sv.StructuredVAE(
+        n, "direct_maxflow", sv.discrete_vae.Schedule(scale, scale, 0.0), hidden=16, seed=5,
+        direct_kl_gradient=direct_kl_gradient,
+    )  # fmt: skip
+    model.compile(optimizer=sv.keras.optimizers.SGD(learning_rate=1.0))
+    model.optimizer.build(model.trainable_variables)
+    x = tf.cast(tf.random.stateless_uniform([32, 784], [3, 3]) < 0.3, tf.float32)
+    biases = {
+        "unary": model.encoder_unary.bias, "pairwise": model.encoder_pairwise.bias, "decoder": model.decoder_logits.bias
+    }  # fmt: skip
+    before = {name: v.numpy().copy() for name, v in biases.items()}
+    theta, pairwise = model.encode(x)
+    pre_pairwise = model.encoder_pairwise(model.encoder_hidden(x))
+    seed = tf.random.experimental.stateless_fold_in(tf.constant([5, 1]), 0, alg="philox")  # step 0
+    noisy = theta + sv.sample_logistic(tf.shape(theta), seed)
+    z = model.map(noisy, pairwise).numpy()
+    logits = model.decode(z).numpy()
+    # Δ_i by decoding both values of bit i, with NumPy's BCE.
+    deltas = np.zeros_like(z)
+    for i in range(n):
+        on, off = z.copy(), z.copy()
+        on[:, i], off[:, i] = 1.0, 0.0
+        bce_on, bce_off = (
+            np.sum(np.logaddexp(0, lg) - x.numpy() * lg, axis=-1)
+            for lg in (model.decode(on).numpy(), model.decode(off).numpy())
+        )
+        deltas[:, i] = bce_on - bce_off
+    z_eps = model.map(noisy - scale * deltas, pairwise).numpy()
+    pairs = sv.all_pairs(n)
+    grad_theta = (z - z_eps) / scale
+    grad_pair = (z[:, pairs[:, 0]] * z[:, pairs[:, 1]] - z_eps[:, pairs[:, 0]] * z_eps[:, pairs[:, 1]]) / scale
+    if direct_kl_gradient:
+        q = special.expit(theta.numpy())
+        grad_theta = grad_theta + q * (1 - q) * special.logit(q)  # ∂KL(Bern(q) ‖ Bern(½))/∂θ
+    model.train_step((x,))
+    moved = {name: before[name] - v.numpy() for name, v in biases.items()}
+    np.testing.assert_allclose(moved["unary"], grad_theta.mean(0), atol=1e-5)
+    expected_pair = (grad_pair * special.expit(pre_pairwise.numpy())).mean(0)
+    np.testing.assert_allclose(moved["pairwise"], expected_pair, atol=1e-5)
+    expected_decoder = (special.expit(logits) - x.numpy()).mean(0)
+    np.testing.assert_allclose(moved["decoder"], expected_decoder, atol=1e-5)
+    assert np.abs(grad_theta).max() > 0 and np.abs(grad_pair).max() > 0  # the estimates were not all zero
+
+
 def test_model_rejects_bad_arguments():
     with pytest.raises(ValueError, match="method"):
         sv.StructuredVAE(3, "rebar")
