@@ -191,6 +191,10 @@ def test_model_names_bad_arguments():
         ssv.SemiSupervisedVAE("direct", None)
     with pytest.raises(ValueError, match="label_epsilon=0"):
         _model(label_epsilon=0)
+    with pytest.raises(ValueError, match="hidden >= 6, received: hidden=5"):
+        ssv.SemiSupervisedVAE("direct", discrete_vae.Schedule(1, 1, 0), hidden=5)
+    with pytest.raises(ValueError, match="k_classes >= 2, received: k_classes=1"):
+        ssv.SemiSupervisedVAE("direct", discrete_vae.Schedule(1, 1, 0), k_classes=1)
 
 
 def _main(tmp_path, *flags):

@@ -94,6 +94,7 @@ from tutorials import discrete_vae, shared
 NAME = "semi_supervised_vae"
 METHODS = ("direct", "gumbel_softmax")
 NUM_PIXELS = discrete_vae.NUM_PIXELS
+K_CLASSES = 10  # the classes of both data sets, and the categories of the class latent
 QUICK = dict(epochs=8, num_labels=[0, 100])
 FULL = dict(epochs=20, num_labels=[0, 50, 100, 300, 600])
 SEEDS = {True: 1, False: 3}  # runs per cell without --seeds: --seed, --seed + 1, … (quick: 1, else 3)
@@ -165,7 +166,7 @@ class SemiSupervisedVAE(keras.Model):
         self,
         method: str,
         schedule,
-        k_classes: int = 10,
+        k_classes: int = K_CLASSES,
         gaussian_dim: int = 20,
         hidden: int = 400,
         seed: int = 0,
@@ -178,9 +179,10 @@ class SemiSupervisedVAE(keras.Model):
             raise ValueError(f"Expected `method` in {METHODS}, received: method={method!r}")
         if schedule is None:
             raise ValueError(f"Expected a `schedule` for method={method!r}, received: schedule=None")
-        for name, value in (("k_classes", k_classes), ("gaussian_dim", gaussian_dim), ("hidden", hidden)):
-            if value < 1 or (name == "k_classes" and value < 2) or (name == "hidden" and value < 6):
-                raise ValueError(f"Expected a larger {name}, received: {name}={value}")
+        minimums = {"k_classes": (k_classes, 2), "gaussian_dim": (gaussian_dim, 1), "hidden": (hidden, 6)}
+        for name, (value, minimum) in minimums.items():
+            if value < minimum:
+                raise ValueError(f"Expected {name} >= {minimum}, received: {name}={value}")
         if not label_epsilon > 0:
             raise ValueError(f"Expected label_epsilon > 0, received: label_epsilon={label_epsilon}")
         if not label_weight >= 0:
@@ -318,10 +320,9 @@ def make_evaluate_fn(model: SemiSupervisedVAE, num_samples: int):
         theta, mean, log_var = model.encode(x)  # dropout off
         draws = tf.random.stateless_normal(tf.concat([[num_samples], tf.shape(mean)], 0), seed, alg="philox")
         z_c = mean[None] + tf.exp(0.5 * log_var)[None] * draws  # [S, B, K, D]
-        flat = tf.reshape(z_c, [-1, model.k_classes, model.gaussian_dim])  # [S·B, K, D]
-        logits = model.decode_every_class(flat)  # [S·B, K, 784]
-        per_class = tf.reshape(discrete_vae.bernoulli_nll(tf.tile(x, [num_samples, 1])[:, None, :], logits),
-                               [num_samples, -1, model.k_classes])  # [S, B, K]
+        logits = model.decode_every_class(tf.reshape(z_c, [-1, model.k_classes, model.gaussian_dim]))
+        logits = tf.reshape(logits, tf.concat([tf.shape(z_c)[:3], [NUM_PIXELS]], 0))  # [S, B, K, 784]
+        per_class = discrete_vae.bernoulli_nll(x[None, :, None, :], logits)  # [S, B, K], x broadcast
         per_class = tf.reduce_mean(per_class, axis=0) + gaussian_kl(mean, log_var)  # [B, K]
         q = tf.nn.softmax(theta, axis=-1)
         bound = tf.reduce_sum(q * per_class, axis=-1) + discrete_vae.kl_to_uniform(theta[:, None, :])
@@ -462,7 +463,7 @@ def train_one(method, num_labels, seed, data, args, anneal_rate):
     """One run: the model, its epoch logger and the labelled indices."""
     x_train, y_train, x_test, y_test = data
     keras.utils.set_random_seed(seed)
-    labelled = balanced_labels(y_train, num_labels, 10, seed)
+    labelled = balanced_labels(y_train, num_labels, K_CLASSES, seed)
     start, floor = (args.epsilon0, args.epsilon_min) if method == "direct" else (args.tau0, args.tau_min)
     model = SemiSupervisedVAE(
         method,
@@ -505,7 +506,7 @@ def main(argv=None) -> dict:
     check_arguments(args)
     x_train, y_train, x_test, y_test, info = load_data(args)
     for num_labels in args.num_labels:  # fail before any training
-        balanced_labels(y_train, num_labels, 10, 0)
+        balanced_labels(y_train, num_labels, K_CLASSES, 0)
     steps = args.epochs * (len(x_train) // args.batch_size)
     if steps < 1:
         raise ValueError(f"Expected --num-train >= --batch-size ({args.batch_size}), received: {len(x_train)} images")
@@ -579,17 +580,20 @@ def main(argv=None) -> dict:
 def plot_accuracy(summary: list, path, dataset: str = "MNIST") -> pathlib.Path:
     """Test accuracy (left) and −ELBO (right) against the number of labels, ± s.e. over seeds."""
     fig, axes = shared.figure(1, 2)
-    for method in dict.fromkeys(r["method"] for r in summary):
+    for index, method in enumerate(dict.fromkeys(r["method"] for r in summary)):
         rows = [r for r in summary if r["method"] == method]
         labels = [r["num_labels"] for r in rows]
-        for ax, key in zip(axes[0], ("test_accuracy", "test_neg_elbo"), strict=True):
+        curves = (
+            (axes[0, 0], "test_accuracy", "-", "o", method),
+            (axes[0, 0], "test_cluster_accuracy", "--", "s", f"{method}, clusters"),
+            (axes[0, 1], "test_neg_elbo", "-", "o", method),
+        )
+        for ax, key, style, marker, label in curves:
             errors = [r[key + "_se"] or 0.0 for r in rows]
-            line = ax.errorbar(labels, [r[key] for r in rows], yerr=errors, marker="o", capsize=3, label=method)
-        errors = [r["test_cluster_accuracy_se"] or 0.0 for r in rows]
-        axes[0, 0].errorbar(
-            labels, [r["test_cluster_accuracy"] for r in rows], yerr=errors, marker="s", capsize=3,
-            linestyle="--", color=line.lines[0].get_color(), label=f"{method}, clusters",
-        )  # fmt: skip
+            ax.errorbar(
+                labels, [r[key] for r in rows], yerr=errors, marker=marker, capsize=3, linestyle=style,
+                color=f"C{index}", label=label,
+            )  # fmt: skip
     axes[0, 0].set_ylabel("test accuracy (argmax of the class latent)")
     axes[0, 1].set_ylabel("test −ELBO (nats)")
     for ax in axes[0]:
